@@ -1,0 +1,3169 @@
+#!/usr/bin/env python3
+"""aethr - run explicit AI coding workflows: plan, implement, review, iterate.
+
+A run is task + workflow + explicit context + model routing. The workflow is
+one YAML file, .aethr.yaml; each step has a role, a model (provider:model) and
+the context it declares. Mock mode (the default) calls no model.
+
+    aethr run "review my current changes"      # mock mode, no key needed
+    aethr init plan-implement-review           # write .aethr.yaml from a preset
+    aethr check                                # validate and summarise it
+
+Standard library only: works copied alone (python3 aethr.py ...), installed
+(aethr ...), as python3 -m aethr, and vendored (import aethr).
+
+Sections (grep "# == N." to jump). Code in a section uses only the sections
+above it; any function may read section 13 data at call time:
+  1. Version and constants        8. Providers (interface, mock)
+  2. Errors                       9. Backends (model, OpenCode) and artifacts
+  3. Terminal output             10. Runner (steps, loops, events)
+  4. YAML-subset parser          11. Environment (booleans, secrets)
+  5. Workflow: load and validate 12. Commands and CLI (argparse, main)
+  6. Context sources             13. Built-in data (presets)
+  7. Prompts
+"""
+from __future__ import annotations
+
+import os
+import re
+import sys
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from typing import IO, Any
+
+__all__ = [
+    "__version__",
+    "AethrError",
+    "ConfigError",
+    "YAMLError",
+    "StepFailed",
+    "Workflow",
+    "RunResult",
+    "parse_yaml",
+    "load_workflow",
+    "run_workflow",
+    "main",
+]
+
+# == 1. Version and constants =================================================
+
+__version__ = "0.1.0"
+
+#: The workflow file `run` and `check` look for, and `init` writes.
+WORKFLOW_FILE = ".aethr.yaml"
+#: The workflow used when there is no .aethr.yaml and no --workflow/--preset.
+DEFAULT_PRESET = "review-existing-diff"
+
+#: Known providers -> the variables that may hold their key, in the order tried.
+PROVIDER_KEYS = {
+    "openai": ("OPENAI_API_KEY",),
+    "anthropic": ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN"),
+    "gemini": ("GOOGLE_API_KEY", "GEMINI_API_KEY"),
+    "google": ("GOOGLE_API_KEY", "GEMINI_API_KEY"),
+    "openrouter": ("OPENROUTER_API_KEY",),
+    "xai": ("XAI_API_KEY",),
+    "ollama": (),
+}
+
+KIB = 1024
+#: Caps of SPEC §4, stated in the prompt wherever one is hit.
+FILE_CAP = 64 * KIB
+GLOB_MAX_FILES = 40
+GLOB_CAP = 160 * KIB
+DIFF_CAP = 256 * KIB
+CMD_CAP = 64 * KIB
+PROMPT_CAP = 512 * KIB
+#: `summary` history keeps this many characters of each earlier result.
+SUMMARY_CHARS = 600
+#: Seconds: a step (default), a cmd: context (at most), one git command.
+STEP_TIMEOUT = 1800
+CMD_TIMEOUT = 300
+GIT_TIMEOUT = 120
+
+#: Files never read as context, matched case-insensitively against each path
+#: component (SPEC §4); `.env.example` is the one .env* file that may be read.
+NEVER_READ = (".env*", "*.pem", "*.key", "*.p12", "*.pfx", "id_rsa*", "id_ed25519*",
+              ".netrc", ".npmrc", ".pypirc")
+
+#: The review-status line of SPEC §8 (the last matching line counts).
+REVIEW_STATUS_RE = re.compile(
+    r"^[\s>#*_`-]*review status\s*:\s*[*_`]*\s*(pass|revise)\b", re.IGNORECASE | re.MULTILINE)
+
+# == 2. Errors ================================================================
+
+
+class AethrError(Exception):
+    """An expected failure: reported as one line, without a traceback."""
+
+    exit_code = 3
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(AethrError):
+    """A command line or environment the user must fix; nothing was run."""
+
+    exit_code = 2
+
+
+class ConfigError(AethrError):
+    """A workflow that cannot be used; `.problems` holds (path, line, column, message, hint)."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, hint: str | None = None,
+                 problems: list[tuple[str, int, int, str, str | None]] | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.problems = problems or []
+
+
+class YAMLError(ConfigError):
+    """Text outside the YAML subset; `.line` and `.column` are 1-based."""
+
+    def __init__(self, message: str, *, line: int, column: int, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.line = line
+        self.column = column
+        self.problems = [("<string>", line, column, message, hint)]
+
+    def __str__(self) -> str:
+        return f"{self.line}:{self.column}: {self.message}"
+
+
+class GitError(AethrError):
+    """A git command failed; the message carries git's own stderr."""
+
+
+class BackendError(AethrError):
+    """A step backend (a model provider or OpenCode) failed."""
+
+
+class StepFailed(AethrError):
+    """A step failed; `.checkpoint` holds what is needed to resume the run."""
+
+    def __init__(self, message: str, *, hint: str | None = None, step: str = "",
+                 checkpoint: dict | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.step = step
+        self.checkpoint = checkpoint
+
+
+# == 3. Terminal output =======================================================
+
+_BOX = {"top": "\u256d\u2500 ", "bottom": "\u2570\u2500 ", "dot": " \u00b7 ", "dash": "\u2014"}
+_ASCII = {"top": "+- ", "bottom": "+- ", "dot": " - ", "dash": "-"}
+_STYLES = {"bold": "1", "dim": "2", "red": "31", "green": "32", "yellow": "33", "cyan": "36",
+           "head": "1;36"}
+
+
+class Term:
+    """Every write goes through here: stdout for results, stderr for status.
+
+    Tests build one with StringIO streams and a dict for the environment.
+    """
+
+    def __init__(self, out: IO[str] | None = None, err: IO[str] | None = None,
+                 environ: dict[str, str] | None = None, inp: IO[str] | None = None) -> None:
+        self.out = out if out is not None else sys.stdout
+        self.err = err if err is not None else sys.stderr
+        self.inp = inp if inp is not None else sys.stdin
+        self.environ = os.environ if environ is None else environ
+        self.no_color = False
+        self._decided: dict[int, tuple[bool, bool]] = {}
+
+    @staticmethod
+    def isatty(stream: Any) -> bool:
+        """True when `stream` is an interactive terminal."""
+        try:
+            return bool(stream.isatty())
+        except (AttributeError, ValueError, OSError):
+            return False
+
+    def _decide(self, stream: Any) -> tuple[bool, bool]:
+        # Colour per stream, in rich's order (SPEC §9); box characters when the
+        # stream's encoding can show them (a cp1252 console cannot).
+        key = id(stream)
+        if key not in self._decided:
+            env = self.environ
+            if self.no_color or env.get("NO_COLOR"):
+                color = False
+            elif env.get("FORCE_COLOR") and env.get("FORCE_COLOR") != "0":
+                color = True
+            else:
+                color = self.isatty(stream) and env.get("TERM") != "dumb"
+            encoding = getattr(stream, "encoding", None) or "utf-8"
+            try:
+                "".join(_BOX.values()).encode(encoding)
+                boxes = True
+            except (LookupError, UnicodeEncodeError):
+                boxes = False
+            self._decided[key] = (color, boxes)
+        return self._decided[key]
+
+    def color(self, stream: Any) -> bool:
+        """Whether ANSI colour goes to `stream`."""
+        return self._decide(stream)[0]
+
+    def glyph(self, name: str, stream: Any = None) -> str:
+        """A box-drawing glyph, or its ASCII stand-in."""
+        boxes = self._decide(self.err if stream is None else stream)[1]
+        return (_BOX if boxes else _ASCII)[name]
+
+    def paint(self, text: str, style: str, stream: Any = None) -> str:
+        """`text` in `style` when the stream gets colour."""
+        if not self.color(self.err if stream is None else stream):
+            return text
+        return f"\x1b[{_STYLES[style]}m{text}\x1b[0m"
+
+    def write(self, text: str) -> None:
+        """Result text to stdout, flushed at once (streamed output)."""
+        self.out.write(text)
+        self.out.flush()
+
+    def status(self, text: str) -> None:
+        """One line of status on stderr."""
+        self.err.write(text + "\n")
+        self.err.flush()
+
+    def note(self, text: str) -> None:
+        """A note on stderr."""
+        self.status(f"aethr: {self.paint('note', 'cyan')}: {text}")
+
+    def warn(self, text: str) -> None:
+        """A warning on stderr."""
+        self.status(f"aethr: {self.paint('warning', 'yellow')}: {text}")
+
+    def error(self, exc: AethrError, *, traceback: bool = False) -> None:
+        """Report an expected error: problems, `aethr: error: …`, `aethr: hint: …`."""
+        if traceback:
+            import traceback as tb
+
+            self.err.write("".join(tb.format_exception(type(exc), exc, exc.__traceback__)))
+        for path, line, column, message, hint in getattr(exc, "problems", ()):
+            self.status(f"{path}:{line}:{column}: {message}")
+            if hint:
+                self.status(f"    hint: {hint}")
+        self.status(f"aethr: {self.paint('error', 'red')}: {exc.message}")
+        if exc.hint:
+            self.status(f"aethr: hint: {exc.hint}")
+
+    def bug(self) -> None:
+        """Report an unexpected exception: the traceback and a request to report it."""
+        import traceback
+
+        self.err.write(traceback.format_exc())
+        self.status(f"aethr: {self.paint('error', 'red')}: this is a bug in aethr {__version__}; "
+                    "please report it with the traceback above")
+
+
+def _plural(n: int, word: str, plural: str | None = None) -> str:
+    """`1 step`, `3 steps`, `12,431 tokens`."""
+    return f"{n:,} {word if n == 1 else (plural or word + 's')}"
+
+
+def _seconds(s: float) -> str:
+    """A duration as people read it: `0.4 s`, `12 s`, `3 min 05 s`."""
+    if s < 10:
+        return f"{s:.1f} s"
+    if s < 59.5:
+        return f"{s:.0f} s"
+    return f"{int(s // 60)} min {int(s % 60):02d} s"
+
+
+class TermView:
+    """Shows runner events: panels on the terminal, `## STEP-ID` documents when redirected."""
+
+    def __init__(self, term: Term) -> None:
+        self.term = term
+        self.out_tty = term.isatty(term.out)
+        self._at_line_start = True
+
+    def __call__(self, event: dict) -> None:
+        getattr(self, "_on_" + event["event"], lambda e: None)(event)
+
+    def _header(self, e: dict) -> str:
+        t, dot = self.term, self.term.glyph("dot")
+        parts = [f"step {e['number']}/{e['total']}", e["step"], e["role"], e["where"]]
+        if e.get("max_iterations"):
+            parts.append(f"iteration {e['iteration']}/{e['max_iterations']}")
+        return t.glyph("top") + t.paint(dot.join(parts), "head")
+
+    def _on_run_start(self, e: dict) -> None:
+        mode = "mock mode: no model is called" if e["mode"] == "mock" else "live mode"
+        self.term.status(self.term.paint(
+            f"aethr: workflow {e['workflow']} ({e['source']}) "
+            f"{self.term.glyph('dot').strip()} {_plural(len(e['steps']), 'step')} "
+            f"{self.term.glyph('dot').strip()} {mode}", "dim"))
+
+    def _on_step_start(self, e: dict) -> None:
+        if not self.out_tty:
+            self.term.write(f"## {e['step']}\n\n")
+        self.term.status(self._header(e))
+        self._at_line_start = True
+
+    def _on_text(self, e: dict) -> None:
+        if e["text"]:
+            self.term.write(e["text"])
+            self._at_line_start = e["text"].endswith("\n")
+
+    def _on_warning(self, e: dict) -> None:
+        self.term.warn(e["message"])
+
+    def _on_step_end(self, e: dict) -> None:
+        if not self._at_line_start:
+            self.term.write("\n")
+            self._at_line_start = True
+        if not self.out_tty:
+            self.term.write("\n")
+        t = self.term
+        parts = [_seconds(e["duration"])]
+        usage = e.get("usage") or {}
+        if usage.get("input") or usage.get("output"):
+            parts.append(f"tokens {usage.get('input', 0):,} in / {usage.get('output', 0):,} out")
+        if e.get("review_status"):
+            parts.append(f"review status: {e['review_status']}")
+        art = e.get("artifact")
+        if art is not None:
+            parts.append(art.summary())
+        t.status(t.glyph("bottom") + t.paint(t.glyph("dot").join(parts), "dim"))
+
+    def _on_run_end(self, e: dict) -> None:
+        t, dot = self.term, self.term.glyph("dot")
+        verdict = e["verdict"]
+        total = e.get("usage") or {}
+        tokens = total.get("input", 0) + total.get("output", 0)
+        parts = [_plural(e["steps_run"], "step") + " run", _seconds(e["duration"]),
+                 _plural(tokens, "token"),
+                 "verdict " + t.paint(verdict, "green" if verdict == "pass" else "yellow")]
+        t.status("aethr: " + dot.join(parts))
+        if e["mode"] == "mock":
+            t.status("aethr: mock mode: no model was called and no file was changed; "
+                     "every answer above is a stand-in")
+
+
+# == 4. YAML-subset parser ====================================================
+
+# The accepted subset (SUBSET.md in the YAML conformance cases is the full definition):
+#   * one document: blank and comment lines and at most one "---" line come first;
+#   * block mappings and sequences (a sequence may sit at its key's column), single-line plain
+#     and quoted scalars, literal (|) and folded (>) block scalars with chomping (- +), and
+#     single-line flow collections ([a, b], {k: v}, trailing comma, {k: } as null);
+#   * everything accepted means what YAML 1.2.2 says, except that keys are always strings and a
+#     missing final line break changes nothing. Values get core-schema typing (null ~ true
+#     false ints 0o 0x floats .inf .nan, three spellings each); yes/no/on/off stay strings.
+# Everything else is an error with a position, never a guess: tabs outside quotes, comments
+# and block-scalar text; anchors, aliases and tags; directives, "...", a second "---" and
+# text after "---"; "? " keys, collection, empty and "<<" keys, duplicate keys; multi-line
+# plain, quoted and flow scalars; a value on the line after its key or dash; "- - x";
+# "|2" indentation indicators; "{a, b}", "[a: b]" and '{"a":1}' (SUBSET.md section 8, all
+# rejected). Rules take (lines, i, ...) and return (next line index, value); the flow rules
+# work inside one line and take and return a column instead, like tomllib's (src, pos).
+
+#: Characters outside YAML's printable set (line breaks are all "\n" by now). A BOM is
+#: printable but not allowed inside a document (YAML 1.2 nb-char), only at its start.
+_YAML_BAD_CHAR = re.compile(
+    r"[^\t\n\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufefe\uff00-\ufffd\U00010000-\U0010ffff]")
+#: A line that holds nothing: spaces, then maybe a comment.
+_YAML_BLANK = re.compile(r" *(?:#.*)?")
+#: A document marker ("---" or "...") at the start of a line.
+_YAML_MARKER = re.compile(r"(?:---|\.\.\.)(?:[ \t]|\Z)")
+_YAML_SPACES = re.compile(r" *")
+#: The rest of a plain scalar after its first character (YAML 1.2 ns-plain-char plus inner
+#: spaces): ": " and a ":" that ends the line stop it, and so does " #"; in flow context the
+#: flow indicators stop it too. Tabs stop it as well, and are then reported.
+_YAML_PLAIN = re.compile(r"(?:[^ \t:#]|:(?=[^ \t])|(?<! )#| +(?=[^ \t:#]|:[^ \t]))*")
+_YAML_PLAIN_FLOW = re.compile(
+    r"(?:[^ \t:#,\[\]{}]|:(?=[^ \t,\[\]{}])|(?<! )#| +(?=[^ \t:#,\[\]{}]|:[^ \t,\[\]{}]))*")
+_YAML_SINGLE = re.compile(r"'(?:[^']|'')*'")
+#: A double-quoted scalar up to (not including) its closing quote.
+_YAML_DOUBLE = re.compile(r'"(?:[^"\\]|\\.)*')
+#: Characters that cannot start a plain scalar (YAML 1.2 c-indicator minus "-?:").
+_YAML_INDICATORS = frozenset("[]{},#&*!|>'\"%@`")
+_YAML_START_ERRORS = {
+    "&": "anchors ('&') are not supported",
+    "*": "aliases ('*') are not supported",
+    "!": "tags ('!') are not supported",
+    "?": "explicit keys ('? ') are not supported",
+}
+_YAML_ESCAPES = {
+    "0": "\0", "a": "\a", "b": "\b", "t": "\t", "\t": "\t", "n": "\n", "v": "\v", "f": "\f",
+    "r": "\r", "e": "\x1b", " ": " ", '"': '"', "/": "/", "\\": "\\", "N": "\x85", "_": "\xa0",
+    "L": "\u2028", "P": "\u2029",
+}
+_YAML_HEX_ESCAPES = {"x": 2, "u": 4, "U": 8}
+_YAML_HEX = re.compile(r"[0-9a-fA-F]*")
+_YAML_NULLS = frozenset(("~", "null", "Null", "NULL"))
+_YAML_BOOLS = {"true": True, "True": True, "TRUE": True,
+               "false": False, "False": False, "FALSE": False}
+#: YAML 1.2.2 core schema (section 10.3.2): the plain scalars that are numbers.
+_YAML_NUMBER = re.compile(
+    r"(?P<int>[-+]?[0-9]+)|0o(?P<oct>[0-7]+)|0x(?P<hex>[0-9a-fA-F]+)"
+    r"|(?P<float>[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?)"
+    r"|(?P<inf>[-+]?\.(?:inf|Inf|INF))|(?P<nan>\.(?:nan|NaN|NAN))")
+#: Nested collections allowed; deeper input is an error rather than a RecursionError (each
+#: level costs two Python frames).
+_YAML_MAX_DEPTH = 200
+#: YAML limits implicit keys to 1024 characters.
+_YAML_MAX_KEY = 1024
+_YAML_TAB = "tab character not allowed here, use spaces"
+_YAML_INDENT_HINT = "entries of one block start at the same column; multi-line text needs '|'"
+
+
+def parse_yaml(text: str) -> object:
+    """Parse a document of the config YAML subset into dicts, lists and scalars."""
+    return _yaml_load_marked(text)[0]
+
+
+def _yaml_load_marked(text: str) -> tuple[object, dict, dict]:
+    """Parse text; also return {path: (line, column)} for every key and every value."""
+    key_marks: dict = {}
+    value_marks: dict = {(): (1, 1)}
+    marks = (key_marks, value_marks)
+    lines = _yaml_lines(text)
+    n = len(lines)
+    # 1. Blank and comment lines, then at most one "---" line (with only a comment after it).
+    i = 0
+    while i < n and _YAML_BLANK.fullmatch(lines[i]):
+        i += 1
+    if i < n and lines[i].startswith("%"):
+        raise _yaml_err(i, 0, "directives ('%...') are not supported")
+    if i < n and lines[i].startswith("---") and _YAML_MARKER.match(lines[i]):
+        pos = _yaml_spaces(lines[i], i, 3)
+        if pos < len(lines[i]) and lines[i][pos] != "#":
+            raise _yaml_err(i, pos, "content on the '---' line is not supported",
+                            hint="start the document on the next line")
+        i += 1
+    i = _yaml_skip(lines, i)
+    if i == n:
+        return None, key_marks, value_marks
+    # 2. The root node: a block collection, or a value on its own line (root only).
+    line = lines[i]
+    col = _yaml_indent(line)
+    try:
+        if _yaml_is_dash(line, col):
+            i, value = _yaml_seq(lines, i, col, -1, (), marks, 0)
+        elif _yaml_key(line, i, col) is not None:
+            i, value = _yaml_map(lines, i, col, (), marks, 0)
+        else:
+            i, value = _yaml_inline(lines, i, col, -1, (), marks, 0)
+    except RecursionError:
+        # Only reachable when the caller's own stack is already deep.
+        raise _yaml_err(i, col, "document nested too deeply") from None
+    # 3. Nothing may follow it.
+    i = _yaml_skip(lines, i)
+    if i < n:
+        ind = _yaml_indent(lines[i])
+        if ind < col:
+            raise _yaml_err(i, ind, "inconsistent indentation", _YAML_INDENT_HINT)
+        raise _yaml_err(i, ind, "unexpected content after the document's root value")
+    return value, key_marks, value_marks
+
+
+def _yaml_err(i: int, col: int, msg: str, hint: str | None = None) -> YAMLError:
+    """The error for 0-based line i and column col, to be raised by the caller."""
+    return YAMLError(msg, line=i + 1, column=col + 1, hint=hint)
+
+
+def _yaml_lines(text: str) -> list[str]:
+    """Split text into lines, dropping a BOM and rejecting characters YAML cannot hold."""
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    # \r\n, \r and \n are all line breaks (YAML 1.2 b-break); block scalars get "\n".
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    bad = _YAML_BAD_CHAR.search(text)
+    if bad:
+        pos = bad.start()
+        raise _yaml_err(text.count("\n", 0, pos), pos - text.rfind("\n", 0, pos) - 1,
+                        f"character U+{ord(text[pos]):04X} is not allowed in YAML")
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return lines
+
+
+def _yaml_indent(line: str) -> int:
+    return len(line) - len(line.lstrip(" "))
+
+
+def _yaml_is_dash(line: str, col: int) -> bool:
+    """Whether a block sequence entry ("- " or a lone "-") starts at col."""
+    return line.startswith("-", col) and (col + 1 == len(line) or line[col + 1] in " \t")
+
+
+def _yaml_spaces(line: str, i: int, pos: int) -> int:
+    """Skip spaces from pos; a tab there is an error (the subset's one rule for tabs)."""
+    pos = _YAML_SPACES.match(line, pos).end()
+    if line.startswith("\t", pos):
+        raise _yaml_err(i, pos, _YAML_TAB)
+    return pos
+
+
+def _yaml_eol(line: str, i: int, pos: int) -> None:
+    """Check that only spaces and a comment follow pos."""
+    pos = _yaml_spaces(line, i, pos)
+    if pos < len(line) and not (line[pos] == "#" and line[pos - 1] == " "):
+        if line[pos] == "#":
+            # YAML needs white space before a comment: 'key: "v"# c' is an error
+            # (yaml-test-suite SU5Z, 9JBA, CVW2), although PyYAML accepts it.
+            raise _yaml_err(i, pos, "a comment needs a space before '#'")
+        raise _yaml_err(i, pos, "unexpected text after the value")
+
+
+def _yaml_skip(lines: list[str], i: int) -> int:
+    """Index of the first line at or after i that holds content (not blank or a comment)."""
+    while i < len(lines):
+        line = lines[i]
+        if not _YAML_BLANK.fullmatch(line):
+            if _YAML_MARKER.match(line):
+                if line[0] == "-":
+                    raise _yaml_err(i, 0, "only one document is allowed",
+                                    hint="remove this '---' line or split the file")
+                raise _yaml_err(i, 0, "the document end marker '...' is not supported")
+            col = _yaml_indent(line)
+            if line[col] == "\t":
+                raise _yaml_err(i, col, _YAML_TAB)
+            return i
+        i += 1
+    return i
+
+
+def _yaml_map(lines: list[str], i: int, col: int, path: tuple, marks: tuple[dict, dict],
+              depth: int) -> tuple[int, dict]:
+    """Parse a block mapping whose first key starts at column col of line i."""
+    key_marks, value_marks = marks
+    value_marks[path] = (i + 1, col + 1)
+    result: dict = {}
+    while True:
+        line = lines[i]
+        if _yaml_is_dash(line, col):
+            raise _yaml_err(i, col, "sequence item where a key is expected")
+        found = _yaml_key(line, i, col)
+        if found is None:
+            raise _yaml_err(i, col, "expected 'key: value'",
+                            hint="put a space after the ':'" if ":" in line and ": " not in line
+                            else None)
+        key, pos = found
+        kpath = path + (key,)
+        if key in result:
+            raise _yaml_err(i, col, f"duplicate key {key!r} (first defined at line "
+                                    f"{key_marks[kpath][0]})")
+        key_marks[kpath] = (i + 1, col + 1)
+        i, result[key] = _yaml_value(lines, i, pos, col, kpath, marks, depth, True)
+        i = _yaml_skip(lines, i)
+        if i == len(lines):
+            return i, result
+        ind = _yaml_indent(lines[i])
+        if ind < col:
+            return i, result
+        if ind > col:
+            raise _yaml_err(i, ind, "inconsistent indentation", _YAML_INDENT_HINT)
+
+
+def _yaml_seq(lines: list[str], i: int, col: int, parent: int, path: tuple,
+              marks: tuple[dict, dict], depth: int) -> tuple[int, list]:
+    """Parse a block sequence with its dashes at column col (== parent: a key's own column)."""
+    marks[1][path] = (i + 1, col + 1)
+    items: list = []
+    while True:
+        line = lines[i]
+        ipath = path + (len(items),)
+        pos = _yaml_spaces(line, i, col + 1)
+        if pos == len(line) or line[pos] == "#":
+            i, item = _yaml_value(lines, i, pos, col, ipath, marks, depth, False)
+        elif _yaml_is_dash(line, pos):
+            raise _yaml_err(i, pos, "compact nested sequences ('- - x') are not supported",
+                            hint="start the inner sequence on the next line, indented")
+        elif _yaml_key(line, i, pos) is not None:
+            # A compact mapping "- key: v": its further keys line up with the first one.
+            i, item = _yaml_map(lines, i, pos, ipath, marks, depth + 1)
+        else:
+            i, item = _yaml_inline(lines, i, pos, col, ipath, marks, depth)
+        items.append(item)
+        i = _yaml_skip(lines, i)
+        if i == len(lines):
+            return i, items
+        line = lines[i]
+        ind = _yaml_indent(line)
+        if ind < col or (ind == col == parent and not _yaml_is_dash(line, col)):
+            return i, items
+        if ind > col:
+            raise _yaml_err(i, ind, "inconsistent indentation", _YAML_INDENT_HINT)
+        if not _yaml_is_dash(line, col):
+            raise _yaml_err(i, col, "expected a sequence item ('- ')")
+
+
+def _yaml_value(lines: list[str], i: int, pos: int, col: int, path: tuple,
+                marks: tuple[dict, dict], depth: int, in_map: bool) -> tuple[int, object]:
+    """Parse what follows a key's ':' (or a '-') at column col: a value, a nested block or null."""
+    line = lines[i]
+    pos = _yaml_spaces(line, i, pos)
+    if pos < len(line) and line[pos] != "#":
+        return _yaml_inline(lines, i, pos, col, path, marks, depth)
+    j = _yaml_skip(lines, i + 1)
+    if j < len(lines):
+        ind = _yaml_indent(lines[j])
+        dash = _yaml_is_dash(lines[j], ind)
+        # A sequence may sit at its key's column ("steps:\n- id: a"), a mapping may not.
+        if ind > col or (ind == col and dash and in_map):
+            if depth >= _YAML_MAX_DEPTH:
+                raise _yaml_err(j, ind, "document nested too deeply")
+            if dash:
+                return _yaml_seq(lines, j, ind, col, path, marks, depth + 1)
+            if _yaml_key(lines[j], j, ind) is not None:
+                return _yaml_map(lines, j, ind, path, marks, depth + 1)
+            raise _yaml_err(j, ind, "a value must start on the line of its key or '-'",
+                            hint="move it up, or use '|' and indent it for multi-line text")
+    marks[1][path] = (i + 1, col + 1)
+    return i + 1, None
+
+
+def _yaml_inline(lines: list[str], i: int, pos: int, col: int, path: tuple,
+                 marks: tuple[dict, dict], depth: int) -> tuple[int, object]:
+    """Parse the value starting at column pos; only a block scalar goes past line i."""
+    line = lines[i]
+    marks[1][path] = (i + 1, pos + 1)
+    ch = line[pos]
+    if ch in "|>":
+        return _yaml_block_scalar(lines, i, pos, col)
+    if ch in "[{":
+        end, value = _yaml_flow(line, i, pos, path, marks, depth + 1)
+        if line.startswith(":", _yaml_spaces(line, i, end)):
+            raise _yaml_err(i, pos, "a flow collection cannot be a mapping key")
+        _yaml_eol(line, i, end)
+        return i + 1, value
+    if _yaml_is_dash(line, pos):
+        raise _yaml_err(i, pos, "a block sequence cannot start on this line",
+                        hint="start it on the next line")
+    end, text, plain = _yaml_token(line, i, pos, False)
+    after = _yaml_spaces(line, i, end)
+    if line.startswith(":", after):
+        raise _yaml_err(i, after, "mapping values are not allowed here",
+                        hint=_yaml_quote_hint(line, pos) if plain else None)
+    _yaml_eol(line, i, after)
+    return i + 1, _yaml_typed(text, i, pos) if plain else text
+
+
+def _yaml_key(line: str, i: int, pos: int) -> tuple[str, int] | None:
+    """(key, column after its ':') if a "key:" entry starts at pos, else None."""
+    ch = line[pos]
+    if ch in "[{|>":
+        return None
+    if ch == ":" and line[pos + 1:pos + 2] in ("", " ", "\t"):
+        raise _yaml_err(i, pos, "empty key")
+    end, key, plain = _yaml_token(line, i, pos, False)
+    colon = _yaml_spaces(line, i, end)
+    if not line.startswith(":", colon) or line[colon + 1:colon + 2] not in ("", " ", "\t"):
+        return None
+    if plain and key == "<<":
+        raise _yaml_err(i, pos, "merge keys ('<<') are not supported",
+                        hint='write the entries out, or quote the key: "<<"')
+    if end - pos > _YAML_MAX_KEY:
+        raise _yaml_err(i, pos, f"key longer than {_YAML_MAX_KEY} characters")
+    return key, colon + 1
+
+
+def _yaml_token(line: str, i: int, pos: int, flow: bool) -> tuple[int, str, bool]:
+    """Scan the quoted or plain scalar at pos: (end column, text, whether it was plain)."""
+    ch = line[pos]
+    if ch == "'":
+        m = _YAML_SINGLE.match(line, pos)
+        if m is None:
+            raise _yaml_err(i, pos, "single-quoted scalar not closed on its line",
+                            hint="multi-line quoted scalars are not supported; use '|'")
+        return m.end(), line[pos + 1:m.end() - 1].replace("''", "'"), False
+    if ch == '"':
+        end = _YAML_DOUBLE.match(line, pos).end()
+        if end == len(line):
+            raise _yaml_err(i, pos, "double-quoted scalar not closed on its line",
+                            hint="multi-line quoted scalars are not supported; use '|'")
+        if line[end] == "\\":
+            raise _yaml_err(i, end, "'\\' at the end of a line",
+                            hint="multi-line quoted scalars are not supported; use '|'")
+        return end + 1, _yaml_unescape(line, i, pos + 1, end), False
+    nxt = line[pos + 1:pos + 2]
+    if ch in _YAML_INDICATORS or (
+            ch in "-?:" and (nxt in ("", " ", "\t") or (flow and nxt in ",[]{}"))):
+        raise _yaml_err(i, pos, _YAML_START_ERRORS.get(ch, f"{ch!r} cannot start a plain scalar"),
+                        hint=None if ch == "?" else _yaml_quote_hint(line, pos, flow))
+    end = (_YAML_PLAIN_FLOW if flow else _YAML_PLAIN).match(line, pos + 1).end()
+    if line.startswith("\t", end):
+        raise _yaml_err(i, end, _YAML_TAB)
+    return end, line[pos:end], True
+
+
+def _yaml_quote_hint(line: str, pos: int, flow: bool = False) -> str:
+    """A hint that shows the value from pos to the end of the line double-quoted."""
+    if flow:
+        return "quote the value"
+    text = line[pos:].split(" #")[0].rstrip(" ").replace("\\", "\\\\").replace('"', '\\"')
+    return f'quote the value: "{text}"'
+
+
+def _yaml_unescape(line: str, i: int, start: int, end: int) -> str:
+    """The text of line[start:end], a double-quoted body, with its escapes replaced."""
+    out = []
+    pos = start
+    while True:
+        k = line.find("\\", pos, end)
+        if k < 0:
+            out.append(line[pos:end])
+            return "".join(out)
+        out.append(line[pos:k])
+        ch = line[k + 1]
+        if ch in _YAML_ESCAPES:
+            out.append(_YAML_ESCAPES[ch])
+            pos = k + 2
+            continue
+        size = _YAML_HEX_ESCAPES.get(ch, 0)
+        digits = line[k + 2:k + 2 + size]
+        if not size or len(_YAML_HEX.match(digits).group()) != size:
+            raise _yaml_err(i, k, f"invalid escape '\\{ch}'",
+                            hint="write '\\\\' for a backslash, or use single quotes")
+        code = int(digits, 16)
+        pos = k + 2 + size
+        low = line[pos + 2:pos + 6]
+        if (0xD800 <= code < 0xDC00 and line.startswith("\\u", pos) and len(low) == 4
+                and _YAML_HEX.fullmatch(low) and 0xDC00 <= int(low, 16) < 0xE000):
+            # A UTF-16 surrogate pair, as JSON writes characters outside the BMP.
+            code = 0x10000 + ((code - 0xD800) << 10) + int(low, 16) - 0xDC00
+            pos += 6
+        elif 0xD800 <= code < 0xE000 or code > 0x10FFFF:
+            raise _yaml_err(i, k, f"escape '\\{ch}{digits}' is not a character")
+        out.append(chr(code))
+
+
+def _yaml_typed(text: str, i: int, pos: int) -> object:
+    """The core-schema value of a plain scalar (YAML 1.2.2 section 10.3.2)."""
+    if text in _YAML_NULLS:
+        return None
+    if text in _YAML_BOOLS:
+        return _YAML_BOOLS[text]
+    m = _YAML_NUMBER.fullmatch(text)
+    if m is None:
+        return text
+    kind = m.lastgroup
+    try:
+        if kind == "int":
+            return int(text)
+        if kind in ("oct", "hex"):
+            return int(m[kind], 8 if kind == "oct" else 16)
+    except ValueError:
+        # Python 3.11+ refuses to convert more than 4300 decimal digits.
+        raise _yaml_err(i, pos, "integer has too many digits", hint="quote it") from None
+    if kind in ("inf", "nan"):
+        return float(text.replace(".", ""))  # Python spells them inf and nan
+    return float(text)
+
+
+def _yaml_flow(line: str, i: int, pos: int, path: tuple, marks: tuple[dict, dict],
+               depth: int) -> tuple[int, list | dict]:
+    """Parse the flow collection that opens at column pos; it must close on the same line."""
+    if depth > _YAML_MAX_DEPTH:
+        raise _yaml_err(i, pos, "document nested too deeply")
+    key_marks, value_marks = marks
+    value_marks[path] = (i + 1, pos + 1)
+    close = "}" if line[pos] == "{" else "]"
+    result: list | dict = {} if close == "}" else []
+    p = pos + 1
+    while True:
+        p = _yaml_spaces(line, i, p)
+        if _yaml_flow_cut(line, p):
+            raise _yaml_err(i, pos, f"'{line[pos]}' not closed on its line",
+                            hint="multi-line flow collections are not supported")
+        if line[p] == close:
+            return p + 1, result
+        if line[p] == ",":
+            raise _yaml_err(i, p, "empty entry in a flow collection")
+        start = p
+        if isinstance(result, dict):
+            if line[p] in "[{":
+                raise _yaml_err(i, p, "a flow collection cannot be a mapping key")
+            p, key, _ = _yaml_token(line, i, p, True)
+            p = _yaml_spaces(line, i, p)
+            if _yaml_flow_cut(line, p):
+                continue  # the check at the top of the loop reports the open bracket
+            if not line.startswith(":", p):
+                raise _yaml_err(i, p, "expected ':' after a flow mapping key",
+                                hint="write entries as 'key: value'")
+            if line[p + 1:p + 2] != " ":
+                raise _yaml_err(i, p, "expected a space after ':'")
+            kpath = path + (key,)
+            if key in result:
+                raise _yaml_err(i, start, f"duplicate key {key!r} (first defined at column "
+                                          f"{key_marks[kpath][1]})")
+            key_marks[kpath] = (i + 1, start + 1)
+            p = _yaml_spaces(line, i, p + 1)
+            if p == len(line) or line[p] in ",}#":
+                value_marks[kpath] = (i + 1, start + 1)
+                result[key] = None
+            else:
+                p, result[key] = _yaml_flow_node(line, i, p, kpath, marks, depth)
+        else:
+            p, item = _yaml_flow_node(line, i, p, path + (len(result),), marks, depth)
+            result.append(item)
+        p = _yaml_spaces(line, i, p)
+        if line.startswith(",", p):
+            p += 1
+        elif line.startswith(":", p):
+            raise _yaml_err(i, p, "mapping values are not allowed here" if close == "}"
+                            else "a 'key: value' pair inside '[...]' is not supported",
+                            hint=None if close == "}" else "use a flow mapping: {key: value}")
+        elif line[p:p + 1] != close and not _yaml_flow_cut(line, p):
+            raise _yaml_err(i, p, f"expected ',' or '{close}'")
+
+
+def _yaml_flow_cut(line: str, p: int) -> bool:
+    """Whether a flow collection is cut off at p by the end of the line or a comment."""
+    return p == len(line) or (line[p] == "#" and line[p - 1] == " ")
+
+
+def _yaml_flow_node(line: str, i: int, pos: int, path: tuple, marks: tuple[dict, dict],
+                    depth: int) -> tuple[int, object]:
+    """Parse one entry of a flow collection: a nested collection or a scalar."""
+    if line[pos] in "[{":
+        return _yaml_flow(line, i, pos, path, marks, depth + 1)
+    marks[1][path] = (i + 1, pos + 1)
+    end, text, plain = _yaml_token(line, i, pos, True)
+    return end, _yaml_typed(text, i, pos) if plain else text
+
+
+def _yaml_block_scalar(lines: list[str], i: int, pos: int, parent: int) -> tuple[int, str]:
+    """Parse the literal (|) or folded (>) scalar whose header is at column pos."""
+    line = lines[i]
+    # 1. The header: indicator, optional chomping, then only spaces and a comment.
+    chomp = line[pos + 1:pos + 2]
+    if chomp not in ("+", "-"):
+        chomp = ""
+    p = pos + 1 + len(chomp)
+    if p < len(line) and line[p] in "0123456789":
+        raise _yaml_err(i, p, "block scalar indentation indicators are not supported",
+                        hint="remove the digit; the first line sets the indentation")
+    q = _yaml_spaces(line, i, p)
+    if q < len(line) and not (line[q] == "#" and q > p):
+        if line[q] == "#":
+            raise _yaml_err(i, q, "a comment needs a space before '#'")
+        raise _yaml_err(i, q, "unexpected text after a block scalar header",
+                        hint="start the text on the next line, indented")
+    # 2. The first line with a non-space character sets the indentation.
+    n = len(lines)
+    j = i + 1
+    indent = -1
+    while j < n:
+        sp = _yaml_indent(lines[j])
+        if sp < len(lines[j]):
+            if sp > parent and not (sp == 0 and _YAML_MARKER.match(lines[j])):
+                indent = sp
+            break
+        j += 1
+    if indent < 0:
+        return j, "\n" * (j - i - 1) if chomp == "+" else ""
+    for k in range(i + 1, j):
+        if len(lines[k]) > indent:
+            # YAML 1.2 forbids leading blank lines deeper than the text (suite 5LLU, S98Z).
+            raise _yaml_err(k, indent, "blank line indented deeper than the first line "
+                                       "of its block scalar")
+    # 3. The text ends at the first non-blank line that is indented less.
+    while j < n:
+        sp = _yaml_indent(lines[j])
+        if sp < len(lines[j]) and (sp < indent or (sp == 0 and _YAML_MARKER.match(lines[j]))):
+            break
+        j += 1
+    body = [text[indent:] for text in lines[i + 1:j]]
+    last = len(body)
+    while not body[last - 1]:
+        last -= 1
+    text = "\n".join(body[:last]) if line[pos] == "|" else _yaml_fold(body[:last])
+    # 4. Chomping: strip drops the final break and trailing blank lines, keep keeps them all.
+    if chomp == "-":
+        return j, text
+    return j, text + "\n" * (len(body) - last + 1 if chomp == "+" else 1)
+
+
+def _yaml_fold(body: list[str]) -> str:
+    """Fold block-scalar lines (YAML 1.2 section 8.1.3); "" entries are blank lines."""
+    out = []
+    prev = ""
+    blanks = 0
+    for text in body:
+        if not text:
+            blanks += 1
+            continue
+        # Lines starting with white space are "more indented": their breaks are kept.
+        kind = "spaced" if text[0] in " \t" else "normal"
+        if not prev:
+            out.append("\n" * blanks)
+        elif prev == kind == "normal":
+            out.append("\n" * blanks if blanks else " ")
+        else:
+            out.append("\n" * (blanks + 1))
+        out.append(text)
+        prev, blanks = kind, 0
+    return "".join(out)
+
+
+# == 5. Workflow: load and validate ===========================================
+
+_TOP_KEYS = ("workflow", "description", "roles", "models", "steps")
+_STEP_KEYS = ("id", "role", "backend", "model", "max_tokens", "unsafe_permissions", "timeout",
+              "history_visibility", "context", "repeat")
+_REPEAT_KEYS = ("back_to", "until_review_pass", "until_contains", "max_iterations")
+_BACKENDS = ("model", "opencode")
+_HISTORY = ("all", "latest", "summary", "none")
+_SOURCES = ("git_diff", "latest_diff", "file", "glob", "cmd")
+_STEP_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
+
+
+class Repeat:
+    """A loop: run again from `back_to` through the controller step."""
+
+    __slots__ = ("back_to", "until_review_pass", "until_contains", "max_iterations")
+
+    def __init__(self, back_to: str, until_review_pass: bool, until_contains: str | None,
+                 max_iterations: int) -> None:
+        self.back_to = back_to
+        self.until_review_pass = until_review_pass
+        self.until_contains = until_contains
+        self.max_iterations = max_iterations
+
+
+class Step:
+    """One step of a workflow."""
+
+    __slots__ = ("id", "role", "backend", "model", "max_tokens", "unsafe_permissions", "timeout",
+                 "history_visibility", "context", "repeat", "index")
+
+    def __init__(self, **fields: Any) -> None:
+        for name in self.__slots__:
+            setattr(self, name, fields.get(name))
+
+
+class Workflow:
+    """A validated workflow: roles, models and steps, plus where it came from."""
+
+    __slots__ = ("name", "description", "roles", "models", "steps", "path", "preset", "text",
+                 "marks")
+
+    def __init__(self, **fields: Any) -> None:
+        for name in self.__slots__:
+            setattr(self, name, fields.get(name))
+
+    @property
+    def source(self) -> str:
+        """`preset NAME` or the file's path, for messages."""
+        return f"preset {self.preset}" if self.preset else str(self.path)
+
+    def step_index(self, step_id: str) -> int:
+        """The index of the step called `step_id`."""
+        return next(s.index for s in self.steps if s.id == step_id)
+
+    def controller_of(self, index: int) -> Step | None:
+        """The step whose repeat slice contains step `index`, if any."""
+        for s in self.steps:
+            if s.repeat and self.step_index(s.repeat.back_to) <= index <= s.index:
+                return s
+        return None
+
+
+def split_model(model: str) -> tuple[str, str]:
+    """`provider:model` split at the first colon (`ollama:qwen3:8b` -> ollama, qwen3:8b)."""
+    provider, _, name = model.partition(":")
+    return provider.strip().lower(), name.strip()
+
+
+def resolve_model(workflow: Workflow, step: Step, overrides: dict[str, str] | None = None,
+                  environ: dict[str, str] | None = None) -> str | None:
+    """The model a step uses (SPEC §2): --model ROLE=, --model, AETHR_MODEL, step, role, default."""
+    overrides = overrides or {}
+    env_model = (environ or {}).get("AETHR_MODEL", "").strip()
+    return (overrides.get(step.role) or overrides.get("*") or env_model or step.model
+            or workflow.models.get(step.role) or workflow.models.get("default"))
+
+
+def _did_you_mean(word: str, choices: Any) -> str | None:
+    import difflib
+
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"did you mean '{close[0]}'?" if close else None
+
+
+def _describe(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    if isinstance(value, (int, float)):
+        return f"the number {value!r}"
+    if isinstance(value, str):
+        return f"the string {value!r}"
+    return "a list" if isinstance(value, list) else "a mapping"
+
+
+def _source_problem(text: str) -> tuple[str, str | None] | None:
+    """What is wrong with a context source, as (message, hint), or None."""
+    kind, colon, arg = text.partition(":")
+    if kind not in _SOURCES:
+        return (f"unknown context source {text!r}",
+                _did_you_mean(kind, _SOURCES) or "use git_diff, git_diff:REV, latest_diff, "
+                "file:PATH, glob:PATTERN or cmd:COMMAND")
+    if kind == "latest_diff" and colon:
+        return "latest_diff takes no argument", "write latest_diff"
+    if kind in ("file", "glob", "cmd") and not arg.strip():
+        return f"{kind}: needs an argument", f"for example {kind}:" + {
+            "file": "README.md", "glob": "src/**/*.py", "cmd": "pytest -x -q"}[kind]
+    if kind == "git_diff" and colon and not arg.strip():
+        return "git_diff: needs a revision", "write git_diff for uncommitted changes"
+    if kind in ("file", "glob"):
+        path = arg.strip()
+        if path.startswith(("/", "\\")) or re.match(r"[A-Za-z]:", path):
+            return f"{kind}: path must be relative to the project root: {path!r}", None
+        if ".." in re.split(r"[/\\]", path):
+            return f"{kind}: path must stay inside the project root: {path!r}", None
+        if kind == "glob":
+            try:
+                _glob_regex(path)
+            except ValueError as exc:
+                return f"bad glob pattern {path!r}: {exc}", None
+    return None
+
+
+def _glob_regex(pattern: str) -> re.Pattern[str]:
+    """Translate a glob (SPEC §4) into a regex over whole `/`-separated paths.
+
+    Aethr's own translation: pathlib's matching differs between Python versions.
+    """
+    parts = pattern.split("/")
+    out = []
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if part == "**":
+            out.append(".*" if last else "(?:[^/]+/)*")
+            continue
+        if not part:
+            raise ValueError("empty path component")
+        if "**" in part:
+            raise ValueError("'**' must be a whole path component, as in 'src/**/x.py'")
+        j, piece = 0, []
+        while j < len(part):
+            c = part[j]
+            if c == "*":
+                piece.append("[^/]*")
+            elif c == "?":
+                piece.append("[^/]")
+            elif c == "[":
+                end = part.find("]", j + 2 if part[j + 1:j + 2] in ("!", "^") else j + 1)
+                if end < 0:
+                    raise ValueError("'[' without a closing ']'")
+                body = part[j + 1:end]
+                negate = body[:1] in ("!", "^")
+                body = body[1:] if negate else body
+                body = body.replace("\\", "\\\\").replace("[", "\\[")
+                piece.append(f"[^/{body}]" if negate else f"[{body}]")
+                j = end
+            else:
+                piece.append(re.escape(c))
+            j += 1
+        out.append("".join(piece) + ("" if last else "/"))
+    try:
+        return re.compile("".join(out) + r"\Z")
+    except re.error as exc:
+        raise ValueError(str(exc)) from None
+
+
+class _Checker:
+    """Collects every problem of a workflow with its position, before anything runs."""
+
+    def __init__(self, display: str, keys: dict, values: dict) -> None:
+        self.display = display
+        self.keys = keys
+        self.values = values
+        self.problems: list[tuple[str, int, int, str, str | None]] = []
+
+    def add(self, path: tuple, message: str, hint: str | None = None, *, at_key: bool = False
+            ) -> None:
+        marks = self.keys if at_key else self.values
+        line, column = marks.get(path) or self.keys.get(path) or self.values.get(path) or (1, 1)
+        self.problems.append((self.display, line, column, message, hint))
+
+    def mapping(self, value: object, path: tuple, what: str, known: tuple[str, ...]) -> dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.add(path, f"{what} must be a mapping, not {_describe(value)}")
+            return {}
+        for key in value:
+            if key not in known:
+                self.add(path + (key,), f"unknown key {key!r} in {what}",
+                         _did_you_mean(key, known) or "known keys: " + ", ".join(known),
+                         at_key=True)
+        return value
+
+    def string(self, value: object, path: tuple, what: str, *, empty: bool = False) -> str | None:
+        if isinstance(value, str) and (empty or value.strip()):
+            return value
+        if isinstance(value, str):
+            self.add(path, f"{what} must not be empty")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            self.add(path, f"{what} must be a string, not {_describe(value)}",
+                     "quote it, as YAML reads an unquoted 3.10 as the number 3.1")
+        else:
+            self.add(path, f"{what} must be a string, not {_describe(value)}")
+        return None
+
+    def boolean(self, value: object, path: tuple, what: str) -> bool | None:
+        if isinstance(value, bool):
+            return value
+        self.add(path, f"{what} must be true or false, not {_describe(value)}",
+                 "use true or false")
+        return None
+
+    def integer(self, value: object, path: tuple, what: str, low: int, high: int | None = None
+                ) -> int | None:
+        if isinstance(value, int) and not isinstance(value, bool) and value >= low and (
+                high is None or value <= high):
+            return value
+        limits = f"from {low} to {high}" if high is not None else f"of at least {low}"
+        self.add(path, f"{what} must be a whole number {limits}, not {_describe(value)}")
+        return None
+
+    def choice(self, value: object, path: tuple, what: str, choices: tuple[str, ...]
+               ) -> str | None:
+        if isinstance(value, str) and value in choices:
+            return value
+        hint = _did_you_mean(value, choices) if isinstance(value, str) else None
+        self.add(path, f"{what} must be one of {', '.join(choices)}, not {_describe(value)}", hint)
+        return None
+
+    def model(self, value: object, path: tuple, what: str) -> str | None:
+        text = self.string(value, path, what)
+        if text is not None and not all(split_model(text)):
+            self.add(path, f"{what} must look like provider:model, not {text!r}",
+                     "for example openai:gpt-5.5 or anthropic:claude-sonnet-5")
+            return None
+        return text
+
+
+def _check_step(ck: _Checker, raw: object, i: int, roles: dict, declared: Any) -> Step | None:
+    path = ("steps", i)
+    if not isinstance(raw, dict):
+        ck.add(path, f"step {i + 1} must be a mapping with id and role, not {_describe(raw)}")
+        return None
+    ck.mapping(raw, path, f"step {i + 1}", _STEP_KEYS)
+    name = raw.get("id")
+    sid = ck.string(name, path + ("id",), "step id") if "id" in raw else None
+    if "id" not in raw:
+        ck.add(path, f"step {i + 1} has no id", "add id: NAME")
+    elif sid is not None and not _STEP_ID_RE.match(sid):
+        ck.add(path + ("id",), f"step id {sid!r} may hold only letters, digits, '_', '.', '-'")
+        sid = None
+    label = f"step {sid!r}" if sid else f"step {i + 1}"
+    role = ck.string(raw.get("role"), path + ("role",), f"role of {label}") if "role" in raw \
+        else ck.add(path, f"{label} has no role", "add role: NAME (a key under roles)")
+    if role is not None and role not in declared:
+        ck.add(path + ("role",), f"{label} uses role {role!r}, which has no instruction under "
+               "roles", _did_you_mean(role, roles) or f"add it under roles: {role}: …")
+    backend = ck.choice(raw.get("backend", "model"), path + ("backend",), f"backend of {label}",
+                        _BACKENDS)
+    step = Step(id=sid, role=role, backend=backend, index=i, history_visibility="all",
+                timeout=STEP_TIMEOUT, unsafe_permissions=False, context=[])
+    if "model" in raw:
+        step.model = ck.model(raw["model"], path + ("model",), f"model of {label}")
+    if "max_tokens" in raw:
+        step.max_tokens = ck.integer(raw["max_tokens"], path + ("max_tokens",),
+                                     f"max_tokens of {label}", 1)
+        if backend == "opencode":
+            ck.add(path + ("max_tokens",), f"max_tokens applies to model steps only ({label} "
+                   "uses OpenCode)", "remove it", at_key=True)
+    if "unsafe_permissions" in raw:
+        step.unsafe_permissions = ck.boolean(raw["unsafe_permissions"],
+                                             path + ("unsafe_permissions",),
+                                             f"unsafe_permissions of {label}")
+        if backend == "model":
+            ck.add(path + ("unsafe_permissions",), f"unsafe_permissions applies to OpenCode "
+                   f"steps only ({label} is a model step)", "remove it, or add backend: opencode",
+                   at_key=True)
+    if "timeout" in raw:
+        step.timeout = ck.integer(raw["timeout"], path + ("timeout",), f"timeout of {label}", 1)
+    if "history_visibility" in raw:
+        step.history_visibility = ck.choice(raw["history_visibility"],
+                                            path + ("history_visibility",),
+                                            f"history_visibility of {label}", _HISTORY)
+    context = raw.get("context")
+    if context is not None and not isinstance(context, list):
+        ck.add(path + ("context",), f"context of {label} must be a list, not "
+               f"{_describe(context)}", "write it as a list: [git_diff, file:README.md]")
+    for j, item in enumerate(context if isinstance(context, list) else []):
+        text = ck.string(item, path + ("context", j), f"context source of {label}")
+        problem = _source_problem(text.strip()) if text is not None else None
+        if problem:
+            ck.add(path + ("context", j), *problem)
+        elif text is not None:
+            step.context.append(text.strip())
+    if "repeat" in raw:
+        step.repeat = _check_repeat(ck, raw["repeat"], path + ("repeat",), label)
+    return step
+
+
+def _check_repeat(ck: _Checker, raw: object, path: tuple, label: str) -> Repeat | None:
+    if not isinstance(raw, dict):
+        ck.add(path, f"repeat of {label} must be a mapping, not {_describe(raw)}",
+               "repeat: {back_to: implement, until_review_pass: true, max_iterations: 3}")
+        return None
+    ck.mapping(raw, path, f"repeat of {label}", _REPEAT_KEYS)
+    back_to = ck.string(raw.get("back_to"), path + ("back_to",), "back_to") \
+        if "back_to" in raw else ck.add(path, f"repeat of {label} has no back_to", at_key=True)
+    until_pass = ck.boolean(raw["until_review_pass"], path + ("until_review_pass",),
+                            "until_review_pass") if "until_review_pass" in raw else False
+    until_contains = ck.string(raw["until_contains"], path + ("until_contains",),
+                               "until_contains") if "until_contains" in raw else None
+    if bool(until_pass) == bool(until_contains is not None and "until_contains" in raw):
+        ck.add(path, f"repeat of {label} needs exactly one of until_review_pass: true and "
+               "until_contains: TEXT", at_key=True)
+    iterations = ck.integer(raw.get("max_iterations", 3), path + ("max_iterations",),
+                            "max_iterations", 1, 50)
+    if back_to is None or iterations is None:
+        return None
+    return Repeat(back_to, bool(until_pass), until_contains, iterations)
+
+
+def _check_workflow(data: object, ck: _Checker) -> dict:
+    """Validate parsed YAML; returns the fields of a Workflow (problems go to `ck`)."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        ck.add((), f"a workflow must be a mapping of workflow, roles, models and steps, not "
+               f"{_describe(data)}")
+        return {}
+    ck.mapping(data, (), "the workflow", _TOP_KEYS)
+    name = ck.string(data["workflow"], ("workflow",), "workflow") if "workflow" in data else None
+    desc = ck.string(data["description"], ("description",), "description", empty=True) \
+        if "description" in data else None
+    raw_roles = data.get("roles")
+    roles: dict[str, str] = {}
+    if raw_roles is not None and not isinstance(raw_roles, dict):
+        ck.add(("roles",), f"roles must be a mapping of role name to instruction, not "
+               f"{_describe(raw_roles)}")
+    for role, text in (raw_roles.items() if isinstance(raw_roles, dict) else ()):
+        if text is None:
+            ck.add(("roles", role), f"role {role!r} has no instruction",
+                   "write what this role should do, e.g. a | block of text")
+            continue
+        value = ck.string(text, ("roles", role), f"instruction of role {role!r}")
+        if value is not None:
+            roles[role] = value
+    raw_models = data.get("models")
+    models: dict[str, str] = {}
+    if raw_models is not None and not isinstance(raw_models, dict):
+        ck.add(("models",), f"models must be a mapping of role name to provider:model, not "
+               f"{_describe(raw_models)}")
+    for role, value in (raw_models.items() if isinstance(raw_models, dict) else ()):
+        if role != "default" and role not in (raw_roles or {}):
+            ck.add(("models", role), f"models names {role!r}, which is not a role",
+                   _did_you_mean(role, list(roles) + ["default"])
+                   or "keys under models are role names or default", at_key=True)
+        model = ck.model(value, ("models", role), f"model of role {role!r}")
+        if model is not None:
+            models[role] = model
+    raw_steps = data.get("steps")
+    steps: list[Step] = []
+    if not isinstance(raw_steps, list) or not raw_steps:
+        ck.add(("steps",) if "steps" in data else (),
+               "the workflow has no steps" if not raw_steps else
+               f"steps must be a list, not {_describe(raw_steps)}",
+               "add steps: a list of {id, role, ...} mappings", at_key=not raw_steps)
+    for i, raw in enumerate(raw_steps if isinstance(raw_steps, list) else ()):
+        step = _check_step(ck, raw, i, roles, raw_roles if isinstance(raw_roles, dict) else {})
+        if step is not None:
+            steps.append(step)
+    _check_steps_together(ck, steps, models)
+    return {"name": name, "description": desc, "roles": roles, "models": models, "steps": steps}
+
+
+def _check_steps_together(ck: _Checker, steps: list[Step], models: dict[str, str]) -> None:
+    ids: dict[str, int] = {}
+    for step in steps:
+        if step.id is None:
+            continue
+        if step.id in ids:
+            ck.add(("steps", step.index, "id"), f"duplicate step id {step.id!r} (first used by "
+                   f"step {ids[step.id] + 1})")
+        else:
+            ids[step.id] = step.index
+    slices: list[tuple[int, int, Step]] = []
+    for step in steps:
+        rep = step.repeat
+        if rep is None or step.id is None:
+            continue
+        start = ids.get(rep.back_to)
+        where = ("steps", step.index, "repeat", "back_to")
+        if start is None:
+            ck.add(where, f"back_to names no step: {rep.back_to!r}",
+                   _did_you_mean(rep.back_to, ids) or "use the id of this step or an earlier one")
+        elif start > step.index:
+            ck.add(where, f"back_to must name this step or an earlier one; {rep.back_to!r} "
+                   f"comes later")
+        else:
+            for other_start, other_end, other in slices:
+                if start <= other_end and other_start <= step.index:
+                    ck.add(where, f"the repeat of step {step.id!r} overlaps the repeat of step "
+                           f"{other.id!r}", "loops may not share steps")
+            slices.append((start, step.index, step))
+    # An unknown provider is always an error for model steps; OpenCode takes any provider id.
+    reported = set()
+    for step in steps:
+        if step.backend != "model" or step.role is None:
+            continue
+        for path, model in ((("steps", step.index, "model"), step.model),
+                            (("models", step.role), models.get(step.role)),
+                            (("models", "default"), models.get("default"))):
+            if model:
+                provider = split_model(model)[0]
+                if provider not in PROVIDER_KEYS and path not in reported:
+                    reported.add(path)
+                    ck.add(path, f"unknown provider {provider!r} in model {model!r}",
+                           _did_you_mean(provider, PROVIDER_KEYS)
+                           or "providers: " + ", ".join(PROVIDER_KEYS))
+                break
+
+
+def load_workflow(path: str | os.PathLike | None = None, *, text: str | None = None,
+                  preset: str | None = None) -> Workflow:
+    """Parse and validate a workflow file, text or built-in preset.
+
+    Raises ConfigError carrying every problem (`.problems`); nothing is half-loaded.
+    """
+    if preset is not None:
+        if preset not in PRESETS:
+            raise UsageError(f"unknown preset {preset!r}",
+                             hint=_did_you_mean(preset, PRESETS)
+                             or "presets: " + ", ".join(sorted(PRESETS)))
+        text, display = PRESETS[preset], f"preset:{preset}"
+    elif text is None:
+        if path is None:
+            raise UsageError("load_workflow needs a path, text= or preset=")
+        display = os.fspath(path)
+        text = _read_workflow_file(display)
+    else:
+        display = os.fspath(path) if path is not None else "<string>"
+    try:
+        data, keys, values = _yaml_load_marked(text)
+    except YAMLError as exc:
+        raise ConfigError(f"1 problem in {display}", problems=[
+            (display, exc.line, exc.column, exc.message, exc.hint)]) from None
+    ck = _Checker(display, keys, values)
+    fields = _check_workflow(data, ck)
+    if ck.problems:
+        ck.problems.sort(key=lambda p: (p[1], p[2]))     # file order; stable for one spot
+        n = len(ck.problems)
+        raise ConfigError(f"{_plural(n, 'problem')} in {display}", problems=ck.problems)
+    name = fields["name"] or (preset or os.path.splitext(os.path.basename(display))[0]
+                              .lstrip(".") or "workflow")
+    return Workflow(path=None if preset else display, preset=preset, text=text, marks=values,
+                    **dict(fields, name=name))
+
+
+def _read_workflow_file(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise ConfigError(f"workflow file not found: {path}",
+                          hint="aethr init --list shows the presets to start from") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path} is a directory, not a workflow file") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path} is not UTF-8 text (byte {exc.start + 1}, line {line})",
+                          hint="save the file as UTF-8") from None
+
+
+# == 6. Context sources =======================================================
+
+_GIT_FLAGS = ("-c", "core.quotepath=off", "-c", "color.ui=never")
+_DIFF_FLAGS = ("--no-ext-diff", "--no-textconv", "--no-color", "--no-relative",
+               "--src-prefix=a/", "--dst-prefix=b/")
+#: Variables of Aethr's own that must never leak into a child process.
+_PRIVATE_VARS = ("GIT_INDEX_FILE",)
+
+
+def _size(n: int) -> str:
+    """A byte count as people read it: `812 bytes`, `64 KiB`, `1.2 MB`."""
+    if n < KIB:
+        return _plural(n, "byte")
+    if n < 1000 * KIB:
+        return f"{n / KIB:.0f} KiB"
+    return f"{n / 1e6:.1f} MB"
+
+
+def secret_values(environ: dict[str, str]) -> list[str]:
+    """Values to redact: provider keys and `*_API_KEY`/`*_TOKEN`/`*_SECRET` of 8+ characters."""
+    names = {v for keys in PROVIDER_KEYS.values() for v in keys}
+    found = {value for name, value in environ.items()
+             if (name in names or name.endswith(("_API_KEY", "_TOKEN", "_SECRET")))
+             and len(value) >= 8}
+    return sorted(found, key=len, reverse=True)
+
+
+def redact(text: str, secrets: list[str]) -> str:
+    """`text` with every secret value replaced by `[redacted]`."""
+    for value in secrets:
+        if value in text:
+            text = text.replace(value, "[redacted]")
+    return text
+
+
+def _child_env(environ: dict[str, str], **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in environ.items() if k not in _PRIVATE_VARS}
+    env.update(extra)
+    return env
+
+
+def _git(args: list[str], cwd: str, environ: dict[str, str], *, limit: int | None = None,
+         check: bool = True, timeout: float = GIT_TIMEOUT, index: str | None = None
+         ) -> tuple[bytes, bool, int]:
+    """Run git; returns (stdout bytes, cut at `limit` while streaming, truncated?, exit status).
+
+    Raises GitError with git's own stderr when `check` and git fails.
+    """
+    import subprocess
+    import tempfile
+    import threading
+
+    extra = {"GIT_TERMINAL_PROMPT": "0", "GIT_OPTIONAL_LOCKS": "0"}
+    if index:
+        extra["GIT_INDEX_FILE"] = index
+    cmd = ["git", *_GIT_FLAGS, *args]
+    with tempfile.TemporaryFile() as errf:
+        try:
+            proc = subprocess.Popen(cmd, cwd=cwd, env=_child_env(environ, **extra),
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=errf)
+        except FileNotFoundError:
+            raise GitError("git is not installed (or not on PATH)",
+                           hint="install git to use git context sources") from None
+        expired: list[bool] = []
+        timer = threading.Timer(timeout, lambda: (expired.append(True), proc.kill()))
+        timer.start()
+        chunks, size, truncated = [], 0, False
+        try:
+            while True:
+                chunk = proc.stdout.read1(65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+                if limit is not None and size > limit:
+                    truncated = True
+                    proc.kill()
+                    break
+        finally:
+            timer.cancel()
+            proc.stdout.close()
+            status = proc.wait()
+        if expired:
+            raise GitError(f"git {args[0]} did not finish within {timeout:g} s")
+        if check and status != 0 and not truncated:
+            errf.seek(0)
+            message = errf.read().decode("utf-8", "replace").strip().splitlines()
+            raise GitError(f"git {args[0]} failed: " + (message[-1] if message else
+                                                        f"exit status {status}"))
+    data = b"".join(chunks)
+    return (data[:limit] if truncated else data), truncated, status
+
+
+class Project:
+    """Where a run happens: the project root and the git repository around it, if any."""
+
+    def __init__(self, root: str, environ: dict[str, str], top: str | None = "?") -> None:
+        self.root = os.path.abspath(root)
+        self.environ = environ
+        self.top = git_toplevel(self.root, environ) if top == "?" else top
+        self._files: list[str] | None = None
+        self._head: str | None = None
+
+    def git(self, *args: str, **kw: Any) -> str:
+        """Run git in the repository's top level; stdout decoded (with replacement)."""
+        out = _git(list(args), self.top or self.root, self.environ, **kw)[0]
+        return out.decode("utf-8", "replace")
+
+    def where(self) -> str:
+        """The base of diff paths, for a context block's header."""
+        sub = os.path.relpath(self.root, self.top).replace(os.sep, "/") if self.top else "."
+        if sub == ".":
+            return "paths relative to the repository root"
+        return f"paths relative to the repository root; the project root is {sub}/"
+
+    def base(self, rev: str | None) -> str:
+        """The tree a diff is taken against: HEAD, merge-base(REV, HEAD) or the empty tree."""
+        if rev:
+            head = self.git("rev-parse", "--verify", "-q", "HEAD^{commit}", check=False).strip()
+            if not head:
+                raise GitError(f"git_diff:{rev} needs a commit on the current branch")
+            return self.git("merge-base", rev, "HEAD").strip()
+        head = self.git("rev-parse", "--verify", "-q", "HEAD^{commit}", check=False).strip()
+        # The empty tree is computed, not hard-coded: SHA-256 repositories differ.
+        return head or self.git("hash-object", "-t", "tree", "--stdin").strip()
+
+    def temp_index(self) -> str:
+        """A copy of the real index in a temporary file; the caller removes it."""
+        import shutil
+        import tempfile
+
+        real = self.git("rev-parse", "--git-path", "index").strip()
+        real = os.path.join(self.top, real)
+        fd, path = tempfile.mkstemp(prefix="aethr-index-")
+        os.close(fd)
+        if os.path.exists(real):
+            shutil.copyfile(real, path)
+        else:
+            os.unlink(path)     # git refuses an empty file as an index; it makes its own
+        return path
+
+    def diff_worktree(self, base: str, limit: int) -> tuple[str, bool]:
+        """The working tree (tracked and untracked, not ignored) against `base`."""
+        index = self.temp_index()
+        try:
+            self.git("add", "-A", "--ignore-errors", index=index, check=False)
+            out, truncated, _ = _git(["diff", "--cached", "-M", "--stat=120", "--patch",
+                                      *_DIFF_FLAGS, base, "--"], self.top, self.environ,
+                                     limit=limit, index=index)
+        finally:
+            for p in (index, index + ".lock"):
+                if os.path.exists(p):
+                    os.unlink(p)
+        return out.decode("utf-8", "replace"), truncated
+
+    def files(self) -> list[str]:
+        """Candidate files for glob:, relative to the project root, `/`-separated."""
+        if self._files is None:
+            if self.top:
+                out = _git(["ls-files", "-co", "--exclude-standard", "-z"], self.root,
+                           self.environ)[0]
+                self._files = [p for p in out.decode("utf-8", "surrogateescape").split("\0")
+                               if p]
+            else:
+                self._files = []
+                for dirpath, dirnames, filenames in os.walk(self.root):
+                    dirnames[:] = sorted(d for d in dirnames if d != ".git")
+                    rel = os.path.relpath(dirpath, self.root)
+                    prefix = "" if rel == "." else rel.replace(os.sep, "/") + "/"
+                    self._files.extend(prefix + f for f in filenames)
+        return self._files
+
+    def ignored(self, rel: str) -> bool:
+        """Whether git ignores the (untracked) file `rel`."""
+        if not self.top:
+            return False
+        return _git(["check-ignore", "-q", "--", rel], self.root, self.environ,
+                    check=False)[2] == 0
+
+
+def git_toplevel(cwd: str, environ: dict[str, str]) -> str | None:
+    """The top level of the git work tree around `cwd`, or None (no repo, or no git)."""
+    try:
+        out, _, status = _git(["rev-parse", "--show-toplevel"], cwd, environ, check=False)
+    except GitError:
+        return None
+    top = out.decode("utf-8", "surrogateescape").strip()
+    return os.path.abspath(top) if status == 0 and top else None
+
+
+class Artifact:
+    """What an implementation step changed: files (status, path, old path), stat, patch."""
+
+    __slots__ = ("files", "stat", "patch", "note")
+
+    def __init__(self, files: list | None = None, stat: str = "", patch: str = "",
+                 note: str | None = None) -> None:
+        self.files = files or []
+        self.stat = stat
+        self.patch = patch
+        self.note = note
+
+    def summary(self) -> str:
+        """One line for a step footer."""
+        if not self.files:
+            return "no files changed" + (f" ({self.note})" if self.note else "")
+        names = ", ".join(f"{status} {path}" for status, path, _ in self.files[:5])
+        more = f", +{len(self.files) - 5} more" if len(self.files) > 5 else ""
+        return f"{_plural(len(self.files), 'file')} changed: {names}{more}"
+
+    def describe(self, *, patch: bool = True) -> str:
+        """Changed files and diff stat, and the raw patch when `patch`."""
+        lines = ["Changed files:"]
+        for status, path, old in self.files:
+            lines.append(f"  {status} {old} -> {path}" if old else f"  {status} {path}")
+        text = "\n".join(lines) + "\n\nDiff stat:\n" + self.stat.rstrip() + "\n"
+        return text + ("\nPatch:\n" + self.patch if patch and self.patch else "")
+
+
+class Block:
+    """One context source as the prompt shows it: a header, a body, a short summary."""
+
+    __slots__ = ("source", "base", "body", "summary")
+
+    def __init__(self, source: str, body: str, *, base: str | None = None,
+                 summary: str | None = None) -> None:
+        self.source = source
+        self.base = base
+        self.body = body
+        self.summary = summary if summary is not None else body.split("\n", 1)[0]
+
+
+def _placeholder(source: str, why: str) -> Block:
+    return Block(source, f"[{source} \u2014 {why}]")
+
+
+def collect_context(step: Step, project: Project, artifact: Artifact | str | None = None
+                    ) -> list[Block]:
+    """Collect a step's declared context, in order, as the tree is now (SPEC §4).
+
+    `artifact` is the latest implementation artifact, or a note saying where it will come from.
+    """
+    blocks = []
+    for source in step.context:
+        kind, _, arg = source.partition(":")
+        try:
+            if kind == "git_diff":
+                blocks.append(_ctx_git_diff(project, source, arg or None))
+            elif kind == "latest_diff":
+                blocks.append(_ctx_latest_diff(source, artifact))
+            elif kind == "file":
+                blocks.append(_ctx_file(project, source, arg))
+            elif kind == "glob":
+                blocks.append(_ctx_glob(project, source, arg))
+            else:
+                blocks.append(_ctx_cmd(project, source, arg, min(CMD_TIMEOUT, step.timeout)))
+        except GitError as exc:
+            blocks.append(_placeholder(source, f"git failed: {exc.message}"))
+        except OSError as exc:
+            blocks.append(_placeholder(source, f"could not be collected: {exc.strerror or exc}"))
+    return blocks
+
+
+def _ctx_git_diff(project: Project, source: str, rev: str | None) -> Block:
+    if not project.top:
+        return _placeholder(source, "the project is not in a git repository")
+    text, truncated = project.diff_worktree(project.base(rev), DIFF_CAP)
+    if not text.strip():
+        return _placeholder(source, "no uncommitted changes" if not rev else
+                            f"no changes against merge-base({rev}, HEAD)")
+    stat, _, _ = text.partition("\n\n")
+    if truncated:
+        text = text.rstrip("\n") + (f"\n[\u2026 {source}: more than {_size(DIFF_CAP)}, "
+                                    f"first {_size(DIFF_CAP)} shown]\n")
+    what = "uncommitted changes against HEAD" if not rev else \
+        f"the working tree against merge-base({rev}, HEAD)"
+    stat_lines = stat.strip("\n").splitlines()
+    summary = (stat_lines[-1].strip() if stat_lines else "changes") + "".join(
+        "\n    " + line.strip() for line in stat_lines[:-1][:12])
+    return Block(source, text, base=f"{what}; {project.where()}", summary=summary)
+
+
+def _ctx_latest_diff(source: str, artifact: Artifact | str | None) -> Block:
+    if isinstance(artifact, str):
+        return _placeholder(source, artifact)
+    if artifact is None:
+        return _placeholder(source, "no implementation artifact yet")
+    if not artifact.files:
+        return _placeholder(source, "the last implementation step changed no files"
+                            + (f" ({artifact.note})" if artifact.note else ""))
+    return Block(source, artifact.describe(), base="paths relative to the repository root",
+                 summary=artifact.summary())
+
+
+def _refusal(project: Project, rel: str) -> str | None:
+    """Why `rel` (relative to the project root) must not be read, or None."""
+    import fnmatch
+
+    root = os.path.realpath(project.root)
+    real = os.path.realpath(os.path.join(root, rel))
+    if real != root and not real.startswith(root.rstrip(os.sep) + os.sep):
+        return "outside the project root, not read"
+    for part in os.path.relpath(real, root).replace(os.sep, "/").lower().split("/"):
+        if part == ".git" or (part != ".env.example"
+                              and any(fnmatch.fnmatchcase(part, p) for p in NEVER_READ)):
+            return "may hold secrets, never read"
+    if not os.path.lexists(real):
+        return "not found"
+    if os.path.isdir(real):
+        return "a directory, not a file"
+    if not os.path.isfile(real):
+        return "not a regular file, not read"
+    return None
+
+
+def _read_text(path: str, cap: int) -> tuple[str | None, str, int]:
+    """(text or None, why not, size): at most `cap` bytes of a UTF-8 file."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            data = f.read(cap)
+    except OSError as exc:
+        return None, f"unreadable: {exc.strerror or exc}", 0
+    if b"\0" in data[:8192]:
+        return None, "binary file, not shown", size
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        # A cap can cut a character in two; anything else means the file is not UTF-8.
+        if size <= cap or exc.start < len(data) - 3:
+            return None, "not UTF-8 text, not shown", size
+        text = data[:exc.start].decode("utf-8")
+    if not text:
+        return None, "empty file", size
+    return text, "", size
+
+
+def _file_body(project: Project, rel: str, label: str) -> tuple[str | None, str, int]:
+    why = _refusal(project, rel) or ("ignored by git, not read" if project.ignored(rel) else "")
+    if why:
+        return None, why, 0
+    text, why, size = _read_text(os.path.join(project.root, rel), FILE_CAP)
+    if text is not None and size > FILE_CAP:
+        text = text.rstrip("\n") + f"\n[\u2026 {label}: {_size(size)}, first {_size(FILE_CAP)} shown]"
+    return text, why, size
+
+
+def _ctx_file(project: Project, source: str, rel: str) -> Block:
+    rel = rel.strip()
+    text, why, size = _file_body(project, rel, rel)
+    if text is None:
+        return _placeholder(source, why)
+    lines = text.count("\n") + (not text.endswith("\n"))
+    return Block(source, text, base="path relative to the project root",
+                 summary=f"{_plural(lines, 'line')}, {_size(size)}")
+
+
+def _ctx_glob(project: Project, source: str, pattern: str) -> Block:
+    rx = _glob_regex(pattern.strip())
+    matches = sorted(p for p in project.files() if rx.match(p))
+    if not matches:
+        return _placeholder(source, "no file matches")
+    parts, shown, total = [], 0, 0
+    for i, rel in enumerate(matches):
+        if shown == GLOB_MAX_FILES or total >= GLOB_CAP:
+            rest = len(matches) - i
+            parts.append(f"[\u2026 {_plural(rest, 'more file')} not shown: a glob shows at most "
+                         f"{GLOB_MAX_FILES} files and {_size(GLOB_CAP)}]")
+            break
+        text, why, _ = _file_body(project, rel, rel)
+        if text is None:
+            if why != "not found":      # tracked but deleted: nothing to show
+                parts.append(f"[{rel} \u2014 {why}]")
+            continue
+        room = GLOB_CAP - total
+        if len(text.encode("utf-8")) > room:
+            text = text.encode("utf-8")[:room].decode("utf-8", "ignore") + (
+                f"\n[\u2026 {rel}: cut at the glob's {_size(GLOB_CAP)} limit]")
+        parts.append(f"### {rel}\n\n{text.rstrip(chr(10))}\n")
+        shown += 1
+        total += len(text.encode("utf-8"))
+    if not shown and not parts:
+        return _placeholder(source, "no file matches")
+    return Block(source, "\n".join(parts), base="paths relative to the project root",
+                 summary=f"{_plural(shown, 'file')} of {len(matches)} matching")
+
+
+class _Capped:
+    """Keeps the head and the tail of a byte stream: a command's output can be huge."""
+
+    def __init__(self, cap: int) -> None:
+        self.half = cap // 2
+        self.head = bytearray()
+        self.tail = bytearray()
+        self.total = 0
+
+    def feed(self, chunk: bytes) -> None:
+        self.total += len(chunk)
+        take = max(0, self.half - len(self.head))
+        self.head += chunk[:take]
+        self.tail += chunk[take:]
+        if len(self.tail) > self.half:
+            del self.tail[:len(self.tail) - self.half]
+
+    def text(self, label: str) -> str:
+        head = self.head.decode("utf-8", "replace")
+        tail = self.tail.decode("utf-8", "replace")
+        if self.total <= 2 * self.half:
+            return head + tail
+        return (f"{head}\n[\u2026 {label}: {_size(self.total)} in all, first and last "
+                f"{_size(self.half)} shown]\n{tail}")
+
+
+def _kill_tree(proc: Any) -> None:
+    """Stop a child and everything it started (its own process group)."""
+    import signal
+    import subprocess
+
+    try:
+        if os.name == "nt":
+            subprocess.run(["taskkill", "/T", "/F", "/PID", str(proc.pid)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+        else:
+            os.killpg(proc.pid, signal.SIGKILL)
+    except (OSError, ProcessLookupError):
+        pass
+
+
+def run_shell(command: str, cwd: str, environ: dict[str, str], timeout: float
+              ) -> tuple[int | None, _Capped, _Capped]:
+    """Run a shell command in its own process group: (status or None on timeout, out, err)."""
+    import subprocess
+    import threading
+
+    kw: dict[str, Any] = {"start_new_session": True} if os.name != "nt" else {
+        "creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
+    proc = subprocess.Popen(command, shell=True, cwd=cwd, env=_child_env(environ),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, **kw)
+    out, err = _Capped(CMD_CAP), _Capped(CMD_CAP)
+
+    def pump(stream: Any, sink: _Capped) -> None:
+        for chunk in iter(lambda: stream.read1(65536), b""):
+            sink.feed(chunk)
+
+    threads = [threading.Thread(target=pump, args=a, daemon=True)
+               for a in ((proc.stdout, out), (proc.stderr, err))]
+    for t in threads:
+        t.start()
+    try:
+        status: int | None = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        status = None
+    except BaseException:           # Ctrl-C: no orphan left behind
+        _kill_tree(proc)
+        raise
+    finally:
+        if proc.poll() is None or status is None:
+            _kill_tree(proc)
+        for t in threads:
+            t.join(timeout=5)
+        proc.wait()
+    return status, out, err
+
+
+def _ctx_cmd(project: Project, source: str, command: str, timeout: float) -> Block:
+    command = command.strip()
+    status, out, err = run_shell(command, project.root, project.environ, timeout)
+    if status is None:
+        head = f"$ {command}\n[{source} \u2014 timed out after {timeout:g} s; stopped]"
+    else:
+        head = f"$ {command}\nexit status {status}"
+    body = (f"{head}\n--- stdout ---\n{out.text('stdout').rstrip(chr(10))}\n"
+            f"--- stderr ---\n{err.text('stderr').rstrip(chr(10))}\n")
+    summary = "timed out" if status is None else f"exit status {status}, " + \
+        f"{_size(out.total)} of output"
+    return Block(source, body, base="run in the project root", summary=summary)
+
+
+# == 7. Prompts ===============================================================
+
+#: The fixed start of every system prompt.
+PREAMBLE = (
+    "You are one step of an Aethr workflow: a fixed sequence of steps that plan, implement and "
+    "review a change to a software project. Work only from the task, the results of earlier "
+    "steps and the context below; when something you need is missing, say so instead of "
+    "guessing.")
+
+
+def loop_protocol(step: Step) -> str | None:
+    """The loop rule appended to a controller's system prompt (SPEC §8), if any."""
+    rep = step.repeat
+    if rep is None:
+        return None
+    if rep.until_review_pass:
+        return ("This step decides whether the workflow loops back to step "
+                f"'{rep.back_to}'. Give each finding a severity: high, medium or low. End your "
+                "answer with exactly one of these lines:\nReview status: pass\n(when there are "
+                "no high or medium findings), or\nReview status: revise\n(otherwise).")
+    return (f"This step decides whether the workflow loops back to step '{rep.back_to}'. "
+            f"Include the exact text {rep.until_contains} when the work is complete, and "
+            "only then.")
+
+
+class StepResult:
+    """What one run of a step produced."""
+
+    __slots__ = ("step", "role", "backend", "iteration", "text", "review_status", "artifact",
+                 "usage", "duration", "model", "warnings")
+
+    def __init__(self, **fields: Any) -> None:
+        for name in self.__slots__:
+            setattr(self, name, fields.get(name))
+
+    def title(self) -> str:
+        """`review (reviewer, iteration 2)`."""
+        it = f", iteration {self.iteration}" if self.iteration and self.iteration > 1 else ""
+        return f"{self.step} ({self.role}{it})"
+
+
+class Prompt:
+    """A rendered prompt: the exact system and user text, plus what went into it."""
+
+    __slots__ = ("system", "user", "blocks", "step", "history")
+
+    def __init__(self, system: str, user: str, blocks: list[Block], step: Step,
+                 history: list[StepResult]) -> None:
+        self.system = system
+        self.user = user
+        self.blocks = blocks
+        self.step = step
+        self.history = history
+
+
+def build_system(workflow: Workflow, step: Step) -> str:
+    """Preamble + role instruction (+ loop protocol unless the role already states it)."""
+    role_text = workflow.roles.get(step.role, "").strip()
+    parts = [PREAMBLE, f"Your role: {step.role}.\n\n{role_text}"]
+    rule = loop_protocol(step)
+    rep = step.repeat
+    if rule and not (("Review status:" in role_text) if rep.until_review_pass
+                     else (rep.until_contains in role_text)):
+        parts.append(rule)
+    return "\n\n".join(parts) + "\n"
+
+
+def _history_text(results: list[StepResult], mode: str, pending: list[str]) -> list[str]:
+    """The `Previous steps` entries: `results` are those the step may see (SPEC §5)."""
+    newest_patch = next((r for r in reversed(results) if r.artifact is not None
+                         and r.artifact.files), None)
+    entries = []
+    for r in results:
+        text = r.text.strip() or "(no text)"
+        if mode == "summary" and len(text) > SUMMARY_CHARS:
+            text = text[:SUMMARY_CHARS].rstrip() + f"\n[\u2026 cut to its first {SUMMARY_CHARS} " \
+                "characters]"
+        parts = [f"## {r.title()}\n\n{text}"]
+        if mode == "summary" and r.review_status:
+            parts.append(f"Review status: {r.review_status}")
+        if r.artifact is not None:
+            if r.artifact.files:
+                parts.append(r.artifact.describe(patch=(mode != "summary" and r is newest_patch)))
+            else:
+                parts.append(f"[{r.artifact.summary()}]")
+        entries.append("\n\n".join(parts))
+    for title in pending:
+        entries.append(f"## {title}\n\n[output of step {title} \u2014 shown here when the run "
+                       "happens; --show-prompt calls no model]")
+    return entries
+
+
+def build_prompt(workflow: Workflow, task: str, step: Step, *, iteration: int = 1,
+                 history: list[StepResult] | None = None, blocks: list[Block] | None = None,
+                 pending: list[str] | None = None, secrets: list[str] | None = None) -> Prompt:
+    """Render a step's prompt: deterministic, redacted, within the prompt budget (SPEC §5)."""
+    history = history or []
+    blocks = blocks or []
+    system = build_system(workflow, step)
+    max_it = step.repeat.max_iterations if step.repeat else None
+    ctl = workflow.controller_of(step.index)
+    if ctl is not None:
+        max_it = ctl.repeat.max_iterations
+    it = f", iteration {iteration}/{max_it}" if max_it else ""
+    head = f"# Task\n\n{task.strip()}\n\n# Step\n\n{step.id} (role: {step.role}{it})\n"
+    ctx = []
+    for b in blocks:
+        base = f" ({b.base})" if b.base else ""
+        ctx.append(f"# Context: {b.source}{base}\n\n{b.body.rstrip(chr(10))}\n")
+    # What this step may see of earlier results (SPEC §5 history_visibility).
+    mode = step.history_visibility
+    history = [] if mode == "none" else history[-1:] if mode == "latest" else list(history)
+    pending = pending or []
+    pending = [] if mode == "none" or (mode == "latest" and history) else \
+        pending[-1:] if mode == "latest" else pending
+    entries = _history_text(history, mode, pending)
+
+    def render(entries: list[str]) -> str:
+        prev = ("\n# Previous steps\n\n" + "\n\n".join(entries).rstrip("\n") + "\n") \
+            if entries else ""
+        return head + prev + "".join("\n" + c for c in ctx)
+
+    user = render(entries)
+    # The whole prompt stays within PROMPT_CAP: the oldest history goes first.
+    budget = PROMPT_CAP - len(system.encode("utf-8"))
+    trimmed = 0
+    while len(user.encode("utf-8")) > budget and trimmed < len(entries):
+        title = entries[trimmed].split("\n", 1)[0][3:]
+        entries[trimmed] = (f"## {title}\n\n[\u2026 trimmed: the prompt is limited to "
+                            f"{_size(PROMPT_CAP)}, oldest results first]")
+        trimmed += 1
+        user = render(entries)
+    raw = user.encode("utf-8")
+    if len(raw) > budget:
+        note = f"\n[\u2026 prompt cut at {_size(PROMPT_CAP)}]\n"
+        user = raw[:max(0, budget - len(note.encode()))].decode("utf-8", "ignore") + note
+    secrets = secrets or []
+    return Prompt(redact(system, secrets), redact(user, secrets), blocks, step, history)
+
+
+def review_status(text: str) -> str | None:
+    """`pass` or `revise` from the last review-status line of an answer (SPEC §8)."""
+    found = REVIEW_STATUS_RE.findall(text)
+    return found[-1].lower() if found else None
+
+
+# == 8. Providers (interface, mock) ===========================================
+
+
+class Provider:
+    """A model endpoint: `stream()` yields ("text", str), ("warning", str), ("usage", dict)."""
+
+    name = "provider"
+
+    def __init__(self, model: str | None, environ: dict[str, str]) -> None:
+        self.model = model
+        self.environ = environ
+
+    def stream(self, prompt: Prompt, *, max_tokens: int | None = None
+               ) -> Iterator[tuple[str, Any]]:
+        """Yield the answer as it arrives; raise an AethrError subclass on failure."""
+        raise NotImplementedError
+
+
+def _needs_status(step: Step, role_text: str) -> bool:
+    return bool(step.repeat and step.repeat.until_review_pass) or \
+        "review status" in role_text.lower()
+
+
+def mock_answer(prompt: Prompt, model: str | None, role_text: str = "") -> str:
+    """A deterministic stand-in answer, derived from the step and its prompt (SPEC §6)."""
+    import hashlib
+
+    step = prompt.step
+    digest = hashlib.sha256(f"{prompt.system}\0{prompt.user}".encode("utf-8", "replace"))
+    size = len(prompt.system) + len(prompt.user)
+    target = model or "the model set for this role"
+    lines = [f"[mock] No model was called. This is a stand-in answer for step '{step.id}' "
+             f"(role {step.role}).",
+             f"Live mode would send a prompt of {size:,} characters (sha256 "
+             f"{digest.hexdigest()[:12]}) to {target}.", ""]
+    if prompt.blocks:
+        lines.append("Context the step saw:")
+        lines.extend(f"- {b.source}: {b.summary}" for b in prompt.blocks)
+    else:
+        lines.append("The step declares no context.")
+    if prompt.history:
+        lines.append("Earlier results it saw: " + ", ".join(r.title() for r in prompt.history)
+                     + f" (history: {step.history_visibility}).")
+    if step.repeat and step.repeat.until_contains:
+        lines += ["", step.repeat.until_contains]
+    if _needs_status(step, role_text):
+        lines += ["", "Review status: pass"]
+    return "\n".join(lines) + "\n"
+
+
+class MockProvider(Provider):
+    """Mock mode: no network, a deterministic answer streamed line by line."""
+
+    name = "mock"
+
+    def __init__(self, model: str | None, environ: dict[str, str], role_text: str = "") -> None:
+        super().__init__(model, environ)
+        self.role_text = role_text
+
+    def stream(self, prompt: Prompt, *, max_tokens: int | None = None
+               ) -> Iterator[tuple[str, Any]]:
+        for line in mock_answer(prompt, self.model, self.role_text).splitlines(keepends=True):
+            yield "text", line
+        yield "usage", {}
+
+
+#: Live providers by name (filled by the live clients); mock mode needs none.
+PROVIDERS: dict[str, type[Provider]] = {}
+
+
+def make_provider(model: str | None, environ: dict[str, str], *, live: bool,
+                  role_text: str = "") -> Provider:
+    """The provider for `model`: the mock in mock mode, else the live client."""
+    if not live:
+        return MockProvider(model, environ, role_text)
+    if not model:
+        raise UsageError("no model set for this step", hint="set models.ROLE or --model")
+    provider = split_model(model)[0]
+    if provider not in PROVIDERS:
+        raise UsageError(f"live calls to {provider} are not available in aethr {__version__}",
+                         hint="run without --live for a mock run")
+    return PROVIDERS[provider](model, environ)
+
+
+# == 9. Backends (model, OpenCode) and artifacts ==============================
+
+
+def opencode_model(model: str | None) -> str | None:
+    """A model in OpenCode's form: `provider/model`; gemini and google become google."""
+    if not model:
+        return None
+    provider, name = model.split(":", 1) if ":" in model else ("", model)
+    provider = "google" if provider.strip().lower() in ("gemini", "google") else provider.strip()
+    return f"{provider}/{name.strip()}"
+
+
+class ModelBackend:
+    """Runs a model step: the prompt goes to a provider, the answer streams back."""
+
+    def __init__(self, environ: dict[str, str], *, live: bool) -> None:
+        self.environ = environ
+        self.live = live
+
+    def run(self, prompt: Prompt, model: str | None, role_text: str,
+            emit: Callable[[dict], None]) -> tuple[str, dict, Artifact | None]:
+        """Returns (answer, usage, no artifact); emits text and warning events."""
+        provider = make_provider(model, self.environ, live=self.live, role_text=role_text)
+        parts, usage = [], {}
+        for kind, value in provider.stream(prompt, max_tokens=prompt.step.max_tokens):
+            if kind == "text":
+                parts.append(value)
+                emit({"event": "text", "step": prompt.step.id, "text": value})
+            elif kind == "usage":
+                usage = value
+            elif kind == "warning":
+                emit({"event": "warning", "step": prompt.step.id, "message": value})
+        return "".join(parts), usage, None
+
+
+class OpenCodeBackend:
+    """Runs an implementation step with the OpenCode CLI (mock mode runs nothing)."""
+
+    def __init__(self, environ: dict[str, str], *, live: bool) -> None:
+        self.environ = environ
+        self.live = live
+
+    def run(self, prompt: Prompt, model: str | None, role_text: str,
+            emit: Callable[[dict], None]) -> tuple[str, dict, Artifact | None]:
+        """Returns (OpenCode's final text, usage, the artifact of this step)."""
+        if self.live:
+            raise BackendError(f"the OpenCode bridge is not available in aethr {__version__}",
+                               hint="run without --live for a mock run")
+        who = opencode_model(model) or "OpenCode's default model"
+        text = (f"[mock] OpenCode was not run. In live mode it would carry out step "
+                f"'{prompt.step.id}' in the project with {who}, and the files it changed would "
+                "become this step's artifact.\nNo file was changed.\n")
+        if _needs_status(prompt.step, role_text):
+            text += "\nReview status: pass\n"
+        emit({"event": "text", "step": prompt.step.id, "text": text})
+        return text, {}, Artifact(note="mock mode: OpenCode was not run")
+
+
+# == 10. Runner (steps, loops, events) ========================================
+
+
+class RunResult:
+    """The outcome of a completed run: verdict (pass | revise), step results, usage."""
+
+    __slots__ = ("verdict", "steps", "usage", "duration", "warnings")
+
+    def __init__(self, verdict: str, steps: list[StepResult], usage: dict, duration: float,
+                 warnings: list[str]) -> None:
+        self.verdict = verdict
+        self.steps = steps
+        self.usage = usage
+        self.duration = duration
+        self.warnings = warnings
+
+
+def _add_usage(total: dict, usage: dict) -> None:
+    for key, value in usage.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            total[key] = total.get(key, 0) + value
+
+
+def step_target(step: Step, model: str | None, live: bool) -> str:
+    """What a step header says it calls: the live model, or `mock (would call …)`."""
+    if step.backend == "opencode":
+        who = f"opencode {opencode_model(model)}" if model else "opencode (its default model)"
+    else:
+        who = model or "no model set"
+    return who if live else f"mock (would call {who})" if model or step.backend == "opencode" \
+        else "mock (no model set)"
+
+
+def _loop_verdict(step: Step, result: StepResult) -> tuple[bool, str | None]:
+    """(done?, warning) for a loop controller's answer (SPEC §8)."""
+    rep = step.repeat
+    if rep.until_contains is not None and not rep.until_review_pass:
+        return rep.until_contains in result.text, None
+    if result.review_status == "pass":
+        return True, None
+    if result.review_status is None:
+        return False, f"step '{step.id}' gave no 'Review status:' line; treating it as revise"
+    return False, None
+
+
+def run_workflow(workflow: Workflow, task: str, *, root: str | Project = ".", live: bool = False,
+                 models: dict[str, str] | None = None, env: dict[str, str] | None = None,
+                 on_event: Callable[[dict], None] | None = None) -> RunResult:
+    """Run every step in order with its loops; prints nothing, writes no file.
+
+    `on_event` receives the run's events (run_start, step_start, text, warning,
+    step_end, run_end). A failing step raises StepFailed.
+    """
+    import time
+
+    environ = os.environ if env is None else env
+    emit = on_event or (lambda event: None)
+    project = root if isinstance(root, Project) else Project(os.fspath(root), environ)
+    overrides, secrets, steps = models or {}, secret_values(environ), workflow.steps
+    mode = "live" if live else "mock"
+    emit({"event": "run_start", "schema": 1, "workflow": workflow.name,
+          "source": workflow.source, "steps": [s.id for s in steps], "mode": mode})
+    results: list[StepResult] = []
+    passes: dict[int, int] = {}
+    warnings: list[str] = []
+    usage: dict = {}
+    latest: Artifact | None = None
+    exhausted = False
+    started = time.monotonic()
+    i = 0
+    # 1. One loop over the steps; a loop controller may send it back to `back_to`.
+    while i < len(steps):
+        step = steps[i]
+        ctl = workflow.controller_of(i)
+        iteration = passes.get(ctl.index, 0) + 1 if ctl else 1
+        model = resolve_model(workflow, step, overrides, environ)
+        emit({"event": "step_start", "step": step.id, "role": step.role, "number": i + 1,
+              "total": len(steps), "model": model, "backend": step.backend,
+              "where": step_target(step, model, live), "iteration": iteration,
+              "max_iterations": ctl.repeat.max_iterations if ctl else None})
+        step_warnings: list[str] = []
+
+        def step_emit(event: dict) -> None:
+            if event["event"] == "warning":
+                step_warnings.append(event["message"])
+            emit(event)
+
+        t0 = time.monotonic()
+        # 2. Context is collected each time a step runs: the tree as it is now.
+        try:
+            blocks = collect_context(step, project, latest)
+            prompt = build_prompt(workflow, task, step, iteration=iteration, history=results,
+                                  blocks=blocks, secrets=secrets)
+            backend = (OpenCodeBackend if step.backend == "opencode" else ModelBackend)(
+                environ, live=live)
+            text, step_usage, artifact = backend.run(prompt, model,
+                                                     workflow.roles.get(step.role, ""),
+                                                     step_emit)
+        except AethrError as exc:
+            raise StepFailed(f"step '{step.id}' failed: {exc.message}", hint=exc.hint,
+                             step=step.id) from exc
+        result = StepResult(step=step.id, role=step.role, backend=step.backend,
+                            iteration=iteration, text=text, review_status=review_status(text),
+                            artifact=artifact, usage=step_usage, model=model,
+                            duration=time.monotonic() - t0, warnings=step_warnings)
+        results.append(result)
+        _add_usage(usage, step_usage)
+        latest = artifact if artifact is not None else latest
+        # 3. A loop controller decides: go on, go back, or give up with a warning.
+        again = False
+        if step.repeat:
+            passes[i] = passes.get(i, 0) + 1
+            done, warning = _loop_verdict(step, result)
+            if warning:
+                step_emit({"event": "warning", "step": step.id, "message": warning})
+            if not done and passes[i] < step.repeat.max_iterations:
+                again = True
+            elif not done:
+                exhausted = True
+                step_emit({"event": "warning", "step": step.id, "message":
+                           f"step '{step.id}' did not pass after "
+                           f"{_plural(step.repeat.max_iterations, 'iteration')}; continuing, "
+                           "and the verdict is revise"})
+        emit({"event": "step_end", "step": step.id, "role": step.role, "iteration": iteration,
+              "output": text, "usage": step_usage, "duration": result.duration,
+              "review_status": result.review_status, "artifact": artifact,
+              "warnings": step_warnings})
+        warnings.extend(step_warnings)
+        i = workflow.step_index(step.repeat.back_to) if again else i + 1
+    # 4. The verdict: revise if a loop ran out, else the last review status given.
+    statuses = [r.review_status for r in results if r.review_status]
+    verdict = "revise" if exhausted else (statuses[-1] if statuses else "pass")
+    duration = time.monotonic() - started
+    emit({"event": "run_end", "verdict": verdict, "mode": mode, "steps_run": len(results),
+          "usage": usage, "duration": duration})
+    return RunResult(verdict, results, usage, duration, warnings)
+
+
+def render_prompts(workflow: Workflow, task: str, project: Project, *,
+                   models: dict[str, str] | None = None) -> Iterator[tuple[Step, str | None,
+                                                                           Prompt]]:
+    """Every step's prompt as it would be sent, each step once (for --show-prompt)."""
+    environ, secrets = project.environ, secret_values(project.environ)
+    pending: list[str] = []
+    implementer = None
+    for step in workflow.steps:
+        model = resolve_model(workflow, step, models, environ)
+        latest = None if implementer is None else (
+            f"the artifact of step '{implementer}' appears here when the run happens")
+        blocks = collect_context(step, project, latest)
+        yield step, model, build_prompt(workflow, task, step, blocks=blocks,
+                                        pending=list(pending), secrets=secrets)
+        pending.append(f"{step.id} ({step.role})")
+        if step.backend == "opencode":
+            implementer = step.id
+
+
+# == 11. Environment ==========================================================
+
+
+def env_bool(environ: dict[str, str], name: str) -> bool:
+    """The one boolean parser (SPEC §2): 1/true/yes/on, 0/false/no/off/empty; else an error."""
+    value = environ.get(name, "").strip().lower()
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    if value in ("1", "true", "yes", "on"):
+        return True
+    raise UsageError(f"{name} must be a boolean, not {environ[name]!r}",
+                     hint="use 1, true, yes or on; or 0, false, no or off")
+
+
+def wants_live(flag: bool, overrides: dict[str, str], environ: dict[str, str]) -> bool:
+    """Live mode (SPEC §2): --live, a true AETHR_LIVE, or a non-empty model override."""
+    live = env_bool(environ, "AETHR_LIVE")
+    return flag or live or bool(overrides) or bool(environ.get("AETHR_MODEL", "").strip())
+
+
+# == 12. Commands and CLI =====================================================
+
+import argparse  # noqa: E402  (every command needs it; nothing above does)
+
+_TASK_TEMPLATE = (
+    "",
+    "# Write the task for this aethr run above these lines, then save and close the file.",
+    "# These two template lines are removed; an empty task aborts the run.",
+)
+
+
+class _Exit(Exception):
+    """argparse wants to exit (help, version, usage error): unwinds to main()."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+class _ArgParser(argparse.ArgumentParser):
+    """argparse that writes through a Term and never calls sys.exit."""
+
+    def __init__(self, *args: Any, term: Term | None = None, **kw: Any) -> None:
+        kw.setdefault("allow_abbrev", False)    # run x --show must not mean --show-prompt
+        try:
+            super().__init__(*args, color=False, **kw)      # Python 3.14+ colours help
+        except TypeError:
+            super().__init__(*args, **kw)
+        self.term = term or Term()
+
+    def _print_message(self, message: str, file: Any = None) -> None:
+        if message:
+            stream = self.term.err if file is sys.stderr else self.term.out
+            stream.write(message)
+            stream.flush()
+
+    def exit(self, status: int = 0, message: str | None = None) -> None:  # type: ignore[override]
+        if message:
+            self._print_message(message, sys.stderr)
+        raise _Exit(status)
+
+
+def build_parser(term: Term | None = None) -> tuple[_ArgParser, dict[str, _ArgParser]]:
+    """The top-level parser and one parser per command."""
+    common = _ArgParser(add_help=False, term=term)
+    common.add_argument("--no-color", action="store_true", help="no colour in the output")
+    top = _ArgParser(prog="aethr", parents=[common], term=term,
+                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                     description="Run explicit AI coding workflows: plan, implement, review, "
+                     "iterate.",
+                     epilog="Mock mode (the default) calls no model.\n"
+                     "Examples:\n  aethr run \"review my current changes\"\n"
+                     "  aethr init plan-implement-review\n  aethr check\n"
+                     "Run 'aethr COMMAND --help' for a command's options.")
+    top.add_argument("--version", action="version", version=f"aethr {__version__}")
+    sub = top.add_subparsers(dest="command", metavar="COMMAND", parser_class=_ArgParser)
+    subs: dict[str, _ArgParser] = {}
+
+    def add(name: str, helptext: str, func: Callable, description: str = "") -> _ArgParser:
+        p = sub.add_parser(name, parents=[common], help=helptext, term=term,
+                           description=description or helptext)
+        p.set_defaults(func=func)
+        subs[name] = p
+        return p
+
+    model_help = ("MODEL (provider:model) for every role, or ROLE=MODEL for one role; "
+                  "repeatable")
+    p = add("init", "write .aethr.yaml from a preset", cmd_init,
+            "Write .aethr.yaml in the current directory from a built-in preset.")
+    p.add_argument("preset", nargs="?", metavar="PRESET", help="the preset to start from")
+    p.add_argument("--list", action="store_true", help="list the presets and exit")
+    p.add_argument("--force", action="store_true", help="overwrite an existing .aethr.yaml")
+    p.add_argument("--model", action="append", default=[], metavar="MODEL", help=model_help)
+
+    p = add("run", "run the workflow on a task", cmd_run,
+            "Run the workflow on a task. Options may come anywhere; '--' ends them. "
+            "'-' reads the task from standard input; no task opens $AETHR_EDITOR, $VISUAL "
+            "or $EDITOR.")
+    p.add_argument("task", nargs="*", metavar="TASK", help="the task, as words")
+    p.add_argument("--show-prompt", action="store_true",
+                   help="print every step's prompt as it would be sent; call nothing")
+    p.add_argument("--live", action="store_true", help="call the real models (live mode)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--workflow", metavar="FILE", help="the workflow file to run")
+    group.add_argument("--preset", metavar="NAME", help="run a built-in preset")
+    p.add_argument("--model", action="append", default=[], metavar="MODEL", help=model_help)
+
+    p = add("check", "validate the workflow and summarise it", cmd_check)
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--workflow", metavar="FILE", help="the workflow file to check")
+    group.add_argument("--preset", metavar="NAME", help="check a built-in preset")
+
+    add("version", "print the version", cmd_version)
+    return top, subs
+
+
+def _parse_args(argv: list[str], term: Term) -> argparse.Namespace:
+    top, subs = build_parser(term)
+    i = 0
+    while i < len(argv) and argv[i] == "--no-color":
+        i += 1
+    if i == len(argv):
+        top.print_help(sys.stderr)
+        raise _Exit(2)
+    if argv[i] not in subs:
+        return top.parse_args(argv)     # --help, --version, or a usage error
+    name, rest = argv[i], argv[i + 1:]
+    if name == "run":
+        # Options anywhere (SPEC §2): intermixed parsing; '--' ends the options for good.
+        cut = rest.index("--") if "--" in rest else len(rest)
+        args = subs[name].parse_intermixed_args(rest[:cut])
+        args.task = args.task + rest[cut + 1:]
+    else:
+        args = subs[name].parse_args(rest)
+    args.command = name
+    args.no_color = args.no_color or i > 0
+    return args
+
+
+def _model_flags(values: list[str]) -> dict[str, str]:
+    """--model MODEL / --model ROLE=MODEL -> {"*": MODEL, ROLE: MODEL}."""
+    out: dict[str, str] = {}
+    for value in values:
+        role, eq, model = value.partition("=")
+        if not eq or ":" in role:
+            role, model = "*", value
+        role, model = role.strip(), model.strip()
+        if not role or not all(split_model(model)):
+            raise UsageError(f"--model {value!r}: expected MODEL or ROLE=MODEL, with MODEL as "
+                             "provider:model", hint="for example --model openai:gpt-5.5 or "
+                             "--model reviewer=anthropic:claude-sonnet-5")
+        out[role] = model
+    return out
+
+
+def _check_roles(overrides: dict[str, str], workflow: Workflow) -> None:
+    for role in overrides:
+        if role != "*" and role not in workflow.roles:
+            raise UsageError(f"--model {role}=…: {workflow.source} has no role {role!r}",
+                             hint=_did_you_mean(role, workflow.roles)
+                             or "roles: " + ", ".join(workflow.roles))
+
+
+def _relative(path: str) -> str:
+    rel = os.path.relpath(path)
+    return path if rel.startswith(".." + os.sep + "..") else rel
+
+
+def _locate(args: argparse.Namespace, term: Term) -> tuple[Project, Workflow]:
+    """The workflow and project root of SPEC §2 (discovery up to the git top level)."""
+    cwd = os.getcwd()
+    top = git_toplevel(cwd, term.environ)
+    if args.workflow:
+        return Project(top or cwd, term.environ, top), load_workflow(args.workflow)
+    if args.preset:
+        return Project(top or cwd, term.environ, top), load_workflow(preset=args.preset)
+    here = cwd
+    while True:
+        candidate = os.path.join(here, WORKFLOW_FILE)
+        if os.path.lexists(candidate):
+            return Project(here, term.environ, top), load_workflow(_relative(candidate))
+        if os.path.lexists(os.path.join(here, ".aethr.yml")):
+            raise ConfigError(f"found {_relative(os.path.join(here, '.aethr.yml'))}, but aethr "
+                              f"reads {WORKFLOW_FILE}", hint="rename it: mv .aethr.yml .aethr.yaml")
+        parent = os.path.dirname(here)
+        if top is None or os.path.normcase(here) == os.path.normcase(top) or parent == here:
+            break
+        here = parent
+    term.note(f"no {WORKFLOW_FILE} found; using the built-in {DEFAULT_PRESET} preset "
+              "(aethr init --list shows the others)")
+    return Project(top or cwd, term.environ, top), load_workflow(preset=DEFAULT_PRESET)
+
+
+def preflight(workflow: Workflow, project: Project) -> None:
+    """Check what the run will need before the first step (SPEC §2); exit 2 on problems."""
+    problems = []
+    display = workflow.path or f"preset:{workflow.preset}"
+    for step in workflow.steps:
+        for j, source in enumerate(step.context):
+            if not source.startswith("git_diff:"):
+                continue
+            rev = source.partition(":")[2]
+            line, column = workflow.marks.get(("steps", step.index, "context", j), (1, 1))
+            why = None
+            if not project.top:
+                why = f"{source} needs a git repository; {project.root} is not in one"
+            elif project.git("rev-parse", "--verify", "-q", "HEAD^{commit}", check=False) == "":
+                why = f"{source} needs a commit on the current branch"
+            elif project.git("rev-parse", "--verify", "-q", rev + "^{commit}",
+                             check=False) == "":
+                why = f"{source}: unknown revision {rev!r}"
+            elif _git(["merge-base", rev, "HEAD"], project.top, project.environ,
+                      check=False)[2] != 0:
+                why = f"{source}: {rev!r} has no common ancestor with HEAD"
+            if why:
+                problems.append((display, line, column, why,
+                                 "fetch it first (git fetch origin main) or name another "
+                                 "revision" if "unknown" in why else None))
+    if problems:
+        raise ConfigError(f"{_plural(len(problems), 'problem')} in {display}",
+                          problems=problems)
+
+
+def _task_from_editor(term: Term) -> str:
+    """Open the user's editor on a template, as git does; the text written is the task."""
+    import subprocess
+    import tempfile
+
+    if not (term.isatty(term.inp) and term.isatty(term.err)):
+        raise UsageError("no task given, and no terminal to open an editor on",
+                         hint='give the task as words (aethr run "fix the login bug") '
+                         "or on standard input (echo TASK | aethr run -)")
+    env = term.environ
+    editor = (env.get("AETHR_EDITOR") or env.get("VISUAL") or env.get("EDITOR") or
+              ("notepad" if os.name == "nt" else "vi"))
+    fd, path = tempfile.mkstemp(prefix="aethr-task-", suffix=".md")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write("\n".join(_TASK_TEMPLATE) + "\n")
+        cmd = f'{editor} "{path}"' if os.name == "nt" else ["/bin/sh", "-c", editor + ' "$@"',
+                                                             editor, path]
+        try:
+            status = subprocess.run(cmd, shell=os.name == "nt", env=_child_env(env)).returncode
+        except OSError as exc:
+            raise UsageError(f"cannot run the editor {editor!r}: {exc.strerror or exc}") from None
+        if status != 0:
+            raise UsageError(f"the editor ({editor}) exited with status {status}; nothing was "
+                             "run")
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"cannot read the task the editor wrote: {exc}") from None
+    finally:
+        if os.path.exists(path):
+            os.unlink(path)
+    template = set(_TASK_TEMPLATE[1:])
+    return "\n".join(line for line in text.splitlines() if line not in template)
+
+
+def _read_task(args: argparse.Namespace, term: Term) -> str:
+    if args.task == ["-"]:
+        try:
+            text = term.inp.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"cannot read the task from standard input: {exc}") from None
+    elif args.task:
+        text = " ".join(args.task)
+    else:
+        text = _task_from_editor(term)
+    if not text.strip():
+        raise UsageError("the task is empty; nothing was run",
+                         hint='aethr run "what you want done"')
+    return text.strip()
+
+
+def _show_prompts(workflow: Workflow, task: str, project: Project, overrides: dict[str, str],
+                  live: bool, term: Term) -> int:
+    for step in workflow.steps:
+        for source in step.context:
+            if source.startswith("cmd:"):
+                term.note(f"--show-prompt runs the cmd: context of step '{step.id}': "
+                          f"{source[4:].strip()}")
+    total = len(workflow.steps)
+    for step, model, prompt in render_prompts(workflow, task, project, models=overrides):
+        term.write(f"=== step {step.index + 1}/{total}: {step.id} ({step.role}) -> "
+                   f"{step_target(step, model, live)} ===\n")
+        ctl = workflow.controller_of(step.index)
+        if ctl is not None:
+            term.write(f"(in a loop back to '{ctl.repeat.back_to}', at most "
+                       f"{_plural(ctl.repeat.max_iterations, 'pass', 'passes')}: shown once, "
+                       "as the first iteration)\n")
+        term.write(f"--- system ---\n{prompt.system}--- user ---\n{prompt.user}\n")
+    term.status("aethr: --show-prompt printed the prompts; no model or OpenCode was called")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace, term: Term) -> int:
+    """aethr run: locate and validate the workflow, preflight, then run it."""
+    overrides = _model_flags(args.model)
+    live = wants_live(args.live, overrides, term.environ)
+    project, workflow = _locate(args, term)
+    _check_roles(overrides, workflow)
+    preflight(workflow, project)
+    if live and not args.show_prompt:
+        raise UsageError(f"live mode is not available in aethr {__version__} yet",
+                         hint="run without --live, --model, AETHR_LIVE and AETHR_MODEL for a "
+                         "mock run, or use --show-prompt to see what would be sent")
+    task = _read_task(args, term)
+    if args.show_prompt:
+        return _show_prompts(workflow, task, project, overrides, live, term)
+    result = run_workflow(workflow, task, root=project, live=live, models=overrides,
+                          env=term.environ, on_event=TermView(term))
+    return 1 if result.verdict == "revise" else 0
+
+
+def _preset_description(text: str) -> str:
+    found = re.search(r"^description:[ \t]*(.*?)[ \t]*$", text, re.MULTILINE)
+    return found.group(1).strip("'\"") if found else ""
+
+
+def _list_presets(stream: Any) -> None:
+    width = max(map(len, PRESETS))
+    for name in sorted(PRESETS):
+        stream.write(f"  {name:<{width}}  {_preset_description(PRESETS[name])}\n")
+    stream.flush()
+
+
+def _yaml_scalar(text: str) -> str:
+    """`text` as a YAML scalar: plain when that reads back the same, else double-quoted."""
+    import json
+
+    try:
+        if parse_yaml(f"k: {text}\n") == {"k": text}:
+            return text
+    except YAMLError:
+        pass
+    return json.dumps(text)
+
+
+def pin_models(text: str, overrides: dict[str, str]) -> str:
+    """Preset text with --model overrides written into `models:` (and step `model:` lines)."""
+    data, keys, values = _yaml_load_marked(text)
+    lines = text.splitlines()
+    roles = list(data.get("roles") or {})
+    models = dict(data.get("models") or {})
+    for role in roles:
+        if overrides.get(role) or overrides.get("*"):
+            models[role] = overrides.get(role) or overrides["*"]
+    # A step's own model: would beat models.ROLE, so pinned roles rewrite it too.
+    for i, step in enumerate(data.get("steps") or []):
+        if isinstance(step, dict) and "model" in step and step.get("role") in models and (
+                overrides.get(step["role"]) or overrides.get("*")):
+            line, column = values[("steps", i, "model")]
+            lines[line - 1] = lines[line - 1][:column - 1] + _yaml_scalar(models[step["role"]])
+    block = ["models:"] + [f"  {k}: {_yaml_scalar(v)}" for k, v in models.items()]
+    tops = sorted(keys[p][0] for p in keys if len(p) == 1)
+    if ("models",) in keys:
+        start = keys[("models",)][0]
+        end = next((n for n in tops if n > start), len(lines) + 1) - 1
+        while end > start and (not lines[end - 1].strip() or lines[end - 1].lstrip()
+                               .startswith("#")):
+            end -= 1
+        lines[start - 1:end] = block
+    else:
+        at = keys[("steps",)][0] - 1 if ("steps",) in keys else len(lines)
+        lines[at:at] = block
+    return "\n".join(lines) + "\n"
+
+
+def cmd_init(args: argparse.Namespace, term: Term) -> int:
+    """aethr init: write .aethr.yaml from a preset."""
+    if args.list:
+        _list_presets(term.out)
+        return 0
+    if not args.preset:
+        term.status("presets:")
+        _list_presets(term.err)
+        raise UsageError("no preset given", hint="pick one: aethr init NAME, for example "
+                         "aethr init plan-implement-review")
+    if args.preset not in PRESETS:
+        raise UsageError(f"unknown preset {args.preset!r}",
+                         hint=_did_you_mean(args.preset, PRESETS) or "aethr init --list shows "
+                         "the presets")
+    target = WORKFLOW_FILE
+    if os.path.isdir(target):
+        raise UsageError(f"{target} is a directory; nothing was written")
+    if os.path.lexists(target) and not args.force:
+        raise UsageError(f"{target} already exists; it was left as it is",
+                         hint="use --force to overwrite it")
+    text = PRESETS[args.preset]
+    overrides = _model_flags(args.model)
+    if overrides:
+        _check_roles(overrides, load_workflow(preset=args.preset))
+        text = pin_models(text, overrides)
+        load_workflow(WORKFLOW_FILE, text=text)
+    try:
+        with open(target, "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+    except OSError as exc:
+        raise UsageError(f"cannot write {target}: {exc.strerror or exc}") from None
+    term.status(f"aethr: wrote {target} from preset {args.preset}")
+    term.status('aethr: next: aethr check, then aethr run "your task" (mock mode calls no model)')
+    return 0
+
+
+def _check_summary(workflow: Workflow, project: Project, overrides: dict[str, str],
+                   term: Term) -> list[str]:
+    rows = []
+    for step in workflow.steps:
+        model = resolve_model(workflow, step, overrides, term.environ)
+        target = (f"opencode {opencode_model(model) or '(its default model)'}"
+                  if step.backend == "opencode" else model or "(no model set)")
+        extra = ", ".join(step.context) or "no context"
+        if step.history_visibility != "all":
+            extra += f"; history {step.history_visibility}"
+        rows.append((f"{step.index + 1}.", step.id, step.role, target, extra, step))
+    widths = [max(len(r[k]) for r in rows) for k in range(4)]
+    out = [f"workflow  {workflow.name} ({workflow.source})"]
+    if workflow.description:
+        out.append(f"          {workflow.description.strip()}")
+    out += [f"root      {project.root}",
+            "mode      mock: no model is called (the default)",
+            f"steps     {len(rows)}"]
+    for *cols, extra, step in rows:
+        out.append("  " + "  ".join(c.ljust(w) for c, w in zip(cols, widths)) + "  " + extra)
+        if step.repeat:
+            until = ("the review status is pass" if step.repeat.until_review_pass
+                     else f"the answer contains {step.repeat.until_contains!r}")
+            out.append(" " * (4 + widths[0]) + f"repeat: back to {step.repeat.back_to} until "
+                       f"{until}, at most {_plural(step.repeat.max_iterations, 'pass', 'passes')}")
+    return out
+
+
+def cmd_check(args: argparse.Namespace, term: Term) -> int:
+    """aethr check: validate the workflow and print a one-screen summary."""
+    project, workflow = _locate(args, term)
+    preflight(workflow, project)
+    for line in _check_summary(workflow, project, {}, term):
+        term.write(line + "\n")
+    term.status(f"aethr: {workflow.source} is valid")
+    return 0
+
+
+def cmd_version(args: argparse.Namespace, term: Term) -> int:
+    """aethr version: `aethr X.Y.Z`."""
+    term.write(f"aethr {__version__}\n")
+    return 0
+
+
+def _setup_streams() -> None:
+    # A redirected stdout is written as UTF-8 (SPEC §1); a console whose encoding cannot
+    # show a character gets a replacement instead of a crash (cp1252).
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream.isatty():
+                stream.reconfigure(errors="replace")
+            else:
+                stream.reconfigure(encoding="utf-8", errors="replace")
+        except (AttributeError, ValueError, OSError):
+            pass
+
+
+def main(argv: list[str] | None = None, term: Term | None = None) -> int:
+    """The command line: returns the exit status (SPEC §2)."""
+    if term is None:
+        _setup_streams()
+        term = Term()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = False
+    try:
+        args = _parse_args(argv, term)
+        term.no_color = args.no_color
+        debug = env_bool(term.environ, "AETHR_DEBUG")
+        return args.func(args, term)
+    except _Exit as exc:
+        return exc.status
+    except AethrError as exc:
+        term.error(exc, traceback=debug)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        term.status("aethr: interrupted")
+        return 130
+    except BrokenPipeError:
+        # `aethr run … | head -1`: stop quietly; keep Python from complaining at exit.
+        if term.out is sys.stdout:
+            try:
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            except (OSError, ValueError):
+                pass
+        return 141
+    except Exception:
+        term.bug()
+        return 70
+
+
+# == 13. Built-in data (presets) ==============================================
+
+# BEGIN PRESETS (generated by make presets from presets/*.yaml; do not edit)
+PRESETS = {
+    "add-tests": (
+        "# Find behaviour that the tests do not cover yet, write tests for it with OpenCode, then\n"
+        "# review the new tests (with a fresh test run) until the reviewer passes them.\n"
+        "#\n"
+        "# Adapt the globs and the test command to your project's layout and test runner.\n"
+        "workflow: add-tests\n"
+        "description: Find untested behaviour, write tests with OpenCode, review them\n"
+        "roles:\n"
+        "  analyst: |\n"
+        "    You find behaviour that the existing tests do not cover. Do not write the tests.\n"
+        "    Compare the code in the context (and the uncommitted diff, if any) with the tests.\n"
+        "    List the gaps, most valuable first, at most ten. For each give:\n"
+        "    - the function or code path (path:line) and the behaviour to pin down;\n"
+        "    - the cases to test: normal input, edge cases, errors, and any bug you suspect;\n"
+        "    - which existing test file it belongs in, following the suite's conventions.\n"
+        "    Prefer behaviour a user relies on and code that changed recently over trivia.\n"
+        "    Do not propose tests of private details that would break on a harmless refactor.\n"
+        "  test_writer: |\n"
+        "    You add tests to the working tree for the gaps listed by the analyst.\n"
+        "    Follow the existing suite: its framework, fixtures, file layout and naming.\n"
+        "    Each test checks one behaviour and has a name that says which. Assert on results,\n"
+        "    not on implementation details; no sleeps, no network, no dependence on test order.\n"
+        "    Do not change the code under test. If a test exposes a real bug, keep the test,\n"
+        "    mark it as an expected failure the way the suite does, and report the bug.\n"
+        "    If a reviewer has listed findings, fix the high and medium ones first.\n"
+        "    Run the new tests, then the whole suite. Reply with a short summary: the tests you\n"
+        "    added, the results, and any bug you found.\n"
+        "  reviewer: |\n"
+        "    You review newly added tests: their diff is in the history, a fresh test run in\n"
+        "    the context.\n"
+        "    Check: that each test would fail if the behaviour it names broke (no assertion-free\n"
+        "    or tautological tests, no mocks that replace the code under test); that the listed\n"
+        "    gaps are covered; that tests are deterministic and independent; that they follow the\n"
+        "    suite's conventions; that the code under test was not changed; that the run passes.\n"
+        "    List each finding on its own line as:\n"
+        "    - [high|medium|low] path:line: the problem, and the fix you suggest\n"
+        "    high: a failing or flaky test, a test that cannot fail, or changed production code.\n"
+        "    medium: a listed gap left uncovered, a missing edge case, or a brittle assertion.\n"
+        "    low: naming, style, duplication or small simplifications.\n"
+        '    Write "No findings." when there are none.\n'
+        "    Finish with a last line that is exactly one of these two, with nothing after it:\n"
+        "    Review status: pass\n"
+        "    Review status: revise\n"
+        "    Use pass only when there are no high and no medium findings; otherwise use revise.\n"
+        "models:\n"
+        "  default: openai:gpt-5.4-mini      # roles without an entry (here the test_writer)\n"
+        "  analyst: openai:gpt-5.5\n"
+        "  reviewer: openai:gpt-5.5\n"
+        "steps:\n"
+        "  - id: find-gaps\n"
+        "    role: analyst\n"
+        "    context: [git_diff, glob:src/**/*.py, glob:*.py, glob:tests/**/*.py]\n"
+        "  - id: write-tests\n"
+        "    role: test_writer\n"
+        "    backend: opencode\n"
+        "  - id: review\n"
+        "    role: reviewer\n"
+        "    # The history (default: all) holds the analyst's list and the newest test diff\n"
+        "    # with its patch, so latest_diff would only repeat it.\n"
+        '    context: ["cmd:python3 -m pytest -q"]\n'
+        "    repeat:\n"
+        "      back_to: write-tests\n"
+        "      until_review_pass: true\n"
+        "      max_iterations: 3\n"
+    ),
+    "custom": (
+        "# A starting point for your own workflow. Every key is shown once; delete what you do\n"
+        "# not need. `aethr check` validates this file and summarises it; `aethr run\n"
+        '# --show-prompt "TASK"` prints each step\'s prompt without calling a model.\n'
+        "#\n"
+        "# A run is: task + these steps, in order. Each step sees only the task, what\n"
+        "# history_visibility lets through from earlier steps, and the context it lists.\n"
+        "\n"
+        "# Name shown in the output.\n"
+        "workflow: custom\n"
+        "# One line, shown by `aethr init --list`.\n"
+        "description: A commented starting point showing every key\n"
+        "# Role name -> instruction (the system prompt of every step with that role).\n"
+        "roles:\n"
+        "  worker: |\n"
+        "    Do the task in the working tree. Keep the change small and focused, follow the\n"
+        "    code's existing conventions, and add or update tests for what you change. If a\n"
+        "    reviewer has listed findings, fix the high and medium ones first. Reply with a\n"
+        "    short summary of what you changed and how you checked it.\n"
+        "  reviewer: |\n"
+        "    Review the latest change against the task. List each finding on its own line as:\n"
+        "    - [high|medium|low] path:line: the problem, and the fix you suggest\n"
+        "    high: a bug, a security hole, or part of the task left undone.\n"
+        "    medium: a missing test, an unhandled edge case, or a maintenance problem.\n"
+        "    low: naming, style, wording or small simplifications.\n"
+        '    Write "No findings." when there are none.\n'
+        "    Finish with a last line that is exactly one of these two, with nothing after it:\n"
+        "    Review status: pass\n"
+        "    Review status: revise\n"
+        "    Use pass only when there are no high and no medium findings; otherwise use revise.\n"
+        "# Role name -> model as provider:model (openai, anthropic, gemini, openrouter, xai,\n"
+        '# ollama). "default" covers roles without an entry. `--model` and AETHR_MODEL override.\n'
+        "models:\n"
+        "  default: openai:gpt-5.4-mini\n"
+        "  worker: openai:gpt-5.5\n"
+        "steps:\n"
+        "  - id: work                      # unique step id, used by repeat.back_to\n"
+        "    role: worker                  # a key of roles\n"
+        "    backend: opencode             # model (default, one model call) | opencode (edits)\n"
+        "    unsafe_permissions: false     # opencode only: true skips OpenCode's permission asks\n"
+        "    timeout: 1800                 # seconds before the step is stopped (default 1800)\n"
+        "    # Context sources, shown in this order: git_diff, git_diff:REV, latest_diff,\n"
+        "    # file:PATH, glob:PATTERN, cmd:COMMAND (a shell command run in the project root;\n"
+        '    # quote an entry that holds ": ", " #" or a comma).\n'
+        "    context: [git_diff, file:README.md]\n"
+        "  - id: review\n"
+        "    role: reviewer\n"
+        "    model: openai:gpt-5.5         # this step only; wins over models.reviewer\n"
+        "    max_tokens: 4096              # model steps only: cap on the answer's length\n"
+        "    history_visibility: latest    # all (default) | latest | summary | none\n"
+        "    context: [latest_diff]\n"
+        "    repeat:                       # after this step, maybe go back\n"
+        "      back_to: work               # first step of the repeated slice (this or earlier)\n"
+        '      until_review_pass: true     # stop at "Review status: pass"\n'
+        '      # until_contains: "DONE"    # or: stop once the answer contains this text\n'
+        "      max_iterations: 3           # passes through the slice, 1..50\n"
+    ),
+    "debug-failing-test": (
+        "# Diagnose a failing test, fix it with OpenCode, then re-run the tests and review the\n"
+        "# fix, going back to the fix until the tests pass and the reviewer agrees (at most 3\n"
+        "# passes).\n"
+        "#\n"
+        "# Adapt the test command to your project: both the diagnose and the verify step run it\n"
+        '# in the project root (e.g. "cmd:npm test", "cmd:go test ./...", "cmd:cargo test",\n'
+        '# "cmd:py -m pytest -x -q" on Windows). Aethr records its exit status and its stdout\n'
+        '# and stderr, keeping the head and the tail of long output, so no "| tail" is needed\n'
+        "# (a pipe would also hide the test runner's exit status). A command is stopped after\n"
+        "# 300 s, or after the step's timeout if that is shorter.\n"
+        "workflow: debug-failing-test\n"
+        "description: Diagnose a failing test, fix it with OpenCode, re-run and review\n"
+        "roles:\n"
+        "  diagnoser: |\n"
+        "    You diagnose a failing test. Do not write the fix.\n"
+        "    From the test output, the uncommitted diff and the task, answer with:\n"
+        "    1. Failure: which test fails, and the exact assertion or error quoted from the\n"
+        "       output.\n"
+        "    2. Cause: the root cause in the code under test (path and function), with the\n"
+        "       evidence for it. Separate what the output shows from what you infer.\n"
+        "    3. Fix: the smallest change that removes the cause, file by file. Say whether the\n"
+        "       test itself is wrong instead, and why, before proposing to change a test.\n"
+        "    4. Check: how to confirm the fix, and which other tests could be affected.\n"
+        "    If the output shows no failure, say so and stop.\n"
+        "  fixer: |\n"
+        "    You fix the failing test in the working tree, following the diagnosis.\n"
+        "    Change the code under test, not the test, unless the diagnosis shows the test is\n"
+        "    wrong. Make the smallest change that fixes the root cause; do not silence the error,\n"
+        "    skip the test or loosen its assertion. If a reviewer has listed findings, fix the\n"
+        "    high and medium ones first. Run the failing test, then the whole suite.\n"
+        "    Reply with a short summary: the cause, what you changed, and the test results.\n"
+        "  verifier: |\n"
+        "    You verify a fix for a failing test. The context holds the fresh test output and\n"
+        "    the diff of the fix. Check: that the originally failing test now passes and no\n"
+        "    other test fails; that the fix addresses the root cause rather than the symptom;\n"
+        "    that no test was skipped, deleted or weakened to make it pass; and that the diff\n"
+        "    has no unrelated changes. Quote the test summary line.\n"
+        "    List each finding on its own line as:\n"
+        "    - [high|medium|low] path:line: the problem, and the fix you suggest\n"
+        "    high: a test still fails, a test was weakened, or the fix is wrong.\n"
+        "    medium: the fix treats a symptom, misses a similar case, or lacks a regression test.\n"
+        "    low: naming, style, wording or small simplifications.\n"
+        '    Write "No findings." when there are none.\n'
+        "    Finish with a last line that is exactly one of these two, with nothing after it:\n"
+        "    Review status: pass\n"
+        "    Review status: revise\n"
+        "    Use pass only when there are no high and no medium findings; otherwise use revise.\n"
+        "models:\n"
+        "  default: openai:gpt-5.4-mini      # roles without an entry (here the fixer)\n"
+        "  diagnoser: openai:gpt-5.5\n"
+        "  verifier: openai:gpt-5.5\n"
+        "steps:\n"
+        "  - id: diagnose\n"
+        "    role: diagnoser\n"
+        "    context:\n"
+        '      - "cmd:python3 -m pytest -x -q"\n'
+        "      - git_diff\n"
+        "  - id: fix\n"
+        "    role: fixer\n"
+        "    backend: opencode\n"
+        "  - id: verify\n"
+        "    role: verifier\n"
+        "    history_visibility: summary\n"
+        "    context:\n"
+        '      - "cmd:python3 -m pytest -x -q"\n'
+        "      - latest_diff\n"
+        "    repeat:\n"
+        "      back_to: fix\n"
+        "      until_review_pass: true\n"
+        "      max_iterations: 3\n"
+    ),
+    "docs-sync": (
+        "# Bring the documentation in line with the code: find what the uncommitted changes made\n"
+        "# stale or left undocumented, update the docs with OpenCode, then review the update.\n"
+        "workflow: docs-sync\n"
+        "description: Update the docs to match the uncommitted code changes\n"
+        "roles:\n"
+        "  auditor: |\n"
+        "    You compare documentation with the code changes in the diff. Do not edit anything.\n"
+        "    List every place where the docs in the context are now wrong, stale or silent:\n"
+        "    - renamed or removed commands, options, functions, settings or files;\n"
+        "    - changed defaults, behaviour, output or error messages;\n"
+        "    - new features, options or requirements that no doc mentions;\n"
+        "    - examples and code blocks that would no longer run as written.\n"
+        "    For each: the doc (path and heading), what it says now, what it should say, and the\n"
+        "    code (path:line) that shows it. Say plainly when the docs need no change.\n"
+        "  doc_writer: |\n"
+        "    You update the documentation in the working tree, following the auditor's list.\n"
+        "    Edit only documentation files (*.md and similar), not code. Match each document's\n"
+        "    existing tone, structure and formatting; change what is wrong rather than rewriting\n"
+        "    whole sections. Keep examples runnable and consistent with the code. If a reviewer\n"
+        "    has listed findings, fix the high and medium ones first.\n"
+        "    Reply with a short summary of what you changed, file by file.\n"
+        "  reviewer: |\n"
+        "    You review a documentation update against the code changes it describes.\n"
+        "    Check: every statement is true of the code as it is now; nothing the auditor listed\n"
+        "    was missed; examples and commands would work as written; no code file was changed;\n"
+        "    the style matches the surrounding docs; links and headings still resolve.\n"
+        "    List each finding on its own line as:\n"
+        "    - [high|medium|low] path:line: the problem, and the fix you suggest\n"
+        "    high: a false statement, a broken example, or a changed code file.\n"
+        "    medium: a listed item left out, or an unclear or misleading explanation.\n"
+        "    low: wording, typos, formatting or small simplifications.\n"
+        '    Write "No findings." when there are none.\n'
+        "    Finish with a last line that is exactly one of these two, with nothing after it:\n"
+        "    Review status: pass\n"
+        "    Review status: revise\n"
+        "    Use pass only when there are no high and no medium findings; otherwise use revise.\n"
+        "models:\n"
+        "  default: openai:gpt-5.4-mini      # roles without an entry (auditor, doc_writer)\n"
+        "  reviewer: openai:gpt-5.5\n"
+        "steps:\n"
+        "  - id: audit\n"
+        "    role: auditor\n"
+        "    # A glob shows at most 40 files (160 KiB); narrow it (e.g. glob:docs/**/*.md) if\n"
+        "    # your docs are larger.\n"
+        "    context: [git_diff, file:README.md, glob:**/*.md]\n"
+        "  - id: update-docs\n"
+        "    role: doc_writer\n"
+        "    backend: opencode\n"
+        "  - id: review\n"
+        "    role: reviewer\n"
+        "    history_visibility: summary\n"
+        "    context: [git_diff, latest_diff]\n"
+        "    repeat:\n"
+        "      back_to: update-docs\n"
+        "      until_review_pass: true\n"
+        "      max_iterations: 2\n"
+    ),
+    "plan-implement-review": (
+        "# Plan a change, implement it with OpenCode, then review the implementation and send\n"
+        "# it back to OpenCode until the reviewer passes it (at most 3 passes through implement\n"
+        "# and review).\n"
+        "workflow: plan-implement-review\n"
+        "description: Plan a change, implement it with OpenCode, review until it passes\n"
+        "roles:\n"
+        "  planner: |\n"
+        "    You plan a code change that another engineer will implement. Do not write the code.\n"
+        "    Read the task, the uncommitted diff and the README, then answer with:\n"
+        "    1. Goal: one or two sentences on what must be true when the work is done.\n"
+        "    2. Files: each file to change or create, what changes in it and why.\n"
+        "    3. Steps: a short numbered list in the order to do them, each small enough to check.\n"
+        "    4. Tests: the tests to add or update, each with the behaviour it proves.\n"
+        "    5. Risks: edge cases, compatibility concerns and anything the task leaves open,\n"
+        "       with the assumption you made for each.\n"
+        "    Keep to what the task asks: no unrelated refactoring, no new dependencies unless the\n"
+        "    task needs them. Follow the conventions the existing code already uses.\n"
+        "  implementer: |\n"
+        "    You implement a planned change directly in the working tree.\n"
+        "    Follow the plan from the previous step. If a reviewer has already listed findings,\n"
+        "    fix every high and medium finding first, then the low ones that are cheap to fix.\n"
+        "    Add or update tests for the behaviour you change and run them. Keep the diff\n"
+        "    focused: no unrelated edits, no reformatting of untouched code, no new dependencies\n"
+        "    unless the plan calls for them. When you finish, reply with a short summary: what\n"
+        "    you changed, which tests you ran and their result, and anything you could not do\n"
+        "    and why.\n"
+        "  reviewer: |\n"
+        "    You review the latest implementation (its diff is in the context) against the task\n"
+        "    and the plan. Check, in order: correctness and edge cases; that the task and the\n"
+        "    plan are fully done; tests that would fail if the change broke; error handling;\n"
+        "    security (injection, secrets, unsafe file or shell use); readability and\n"
+        "    consistency with the surrounding code. Do not restate the diff and do not praise it.\n"
+        "    List each finding on its own line as:\n"
+        "    - [high|medium|low] path:line: the problem, and the fix you suggest\n"
+        "    high: a bug, data loss, a security hole, or a part of the task left undone.\n"
+        "    medium: a missing test, an unhandled edge case, or a likely maintenance problem.\n"
+        "    low: naming, style, wording or small simplifications.\n"
+        '    Write "No findings." when there are none.\n'
+        "    Finish with a last line that is exactly one of these two, with nothing after it:\n"
+        "    Review status: pass\n"
+        "    Review status: revise\n"
+        "    Use pass only when there are no high and no medium findings; otherwise use revise.\n"
+        "models:\n"
+        "  default: openai:gpt-5.4-mini      # roles without an entry (here the implementer)\n"
+        "  planner: openai:gpt-5.5\n"
+        "  reviewer: openai:gpt-5.5\n"
+        "steps:\n"
+        "  - id: plan\n"
+        "    role: planner\n"
+        "    context: [git_diff, file:README.md]\n"
+        "  - id: implement\n"
+        "    role: implementer\n"
+        "    backend: opencode\n"
+        "  - id: review\n"
+        "    role: reviewer\n"
+        "    history_visibility: latest\n"
+        "    context: [latest_diff]\n"
+        "    repeat:\n"
+        "      back_to: implement\n"
+        "      until_review_pass: true\n"
+        "      max_iterations: 3\n"
+    ),
+    "review-existing-diff": (
+        "# Review the uncommitted changes in this repository (staged, unstaged and new files).\n"
+        "# This is the workflow `aethr run` uses when a repository has no .aethr.yaml.\n"
+        "workflow: review-existing-diff\n"
+        "description: Review the uncommitted changes in the working tree\n"
+        "roles:\n"
+        "  reviewer: |\n"
+        "    You review uncommitted changes to a code base before they are committed. The diff\n"
+        "    against HEAD is in the context; new files appear as added in full. Use the task, if\n"
+        "    given, as the intent of the change.\n"
+        "    Check, in order: correctness and edge cases; that the change does what it sets out\n"
+        "    to do; tests that cover it (and would fail if it broke); error handling; security\n"
+        "    (injection, secrets committed by mistake, unsafe file or shell use); readability\n"
+        "    and consistency with the surrounding code; leftovers such as debug prints,\n"
+        "    commented-out code or stray files. Do not restate the diff and do not praise it.\n"
+        "    List each finding on its own line as:\n"
+        "    - [high|medium|low] path:line: the problem, and the fix you suggest\n"
+        "    high: a bug, data loss, a security hole, or a change that cannot work as intended.\n"
+        "    medium: a missing test, an unhandled edge case, or a likely maintenance problem.\n"
+        "    low: naming, style, wording or small simplifications.\n"
+        '    Write "No findings." when there are none. If the diff is empty, say so.\n'
+        "    Finish with a last line that is exactly one of these two, with nothing after it:\n"
+        "    Review status: pass\n"
+        "    Review status: revise\n"
+        "    Use pass only when there are no high and no medium findings; otherwise use revise.\n"
+        "models:\n"
+        "  default: openai:gpt-5.4-mini      # roles without an entry\n"
+        "  reviewer: openai:gpt-5.5\n"
+        "steps:\n"
+        "  - id: review\n"
+        "    role: reviewer\n"
+        "    context: [git_diff]\n"
+    ),
+}
+# END PRESETS
+
+if __name__ == "__main__":
+    sys.modules.setdefault("aethr", sys.modules[__name__])
+    sys.exit(main())
