@@ -164,6 +164,22 @@ _STYLES = {"bold": "1", "dim": "2", "red": "31", "green": "32", "yellow": "33", 
            "head": "1;36"}
 
 
+def _windows_vt(stream: Any) -> bool:
+    """Switch a Windows console to virtual-terminal mode (ANSI colour); False if it can't."""
+    try:
+        import ctypes
+        import msvcrt
+
+        handle = msvcrt.get_osfhandle(stream.fileno())
+        kernel32 = ctypes.windll.kernel32  # type: ignore[attr-defined]
+        mode = ctypes.c_uint32()
+        if not kernel32.GetConsoleMode(handle, ctypes.byref(mode)):
+            return False
+        return bool(kernel32.SetConsoleMode(handle, mode.value | 0x0004))
+    except (ImportError, AttributeError, OSError, ValueError):
+        return False
+
+
 class Term:
     """Every write goes through here: stdout for results, stderr for status.
 
@@ -199,6 +215,8 @@ class Term:
                 color = True
             else:
                 color = self.isatty(stream) and env.get("TERM") != "dumb"
+                if color and os.name == "nt":
+                    color = _windows_vt(stream)
             encoding = getattr(stream, "encoding", None) or "utf-8"
             try:
                 "".join(_BOX.values()).encode(encoding)
@@ -1485,10 +1503,11 @@ def _git(args: list[str], cwd: str, environ: dict[str, str], *, limit: int | Non
 class Project:
     """Where a run happens: the project root and the git repository around it, if any."""
 
-    def __init__(self, root: str, environ: dict[str, str], top: str | None = "?") -> None:
+    def __init__(self, root: str, environ: dict[str, str],
+                 probe: tuple[str | None, str | None, str | None] | None = None) -> None:
         self.root = os.path.abspath(root)
         self.environ = environ
-        self.top = git_toplevel(self.root, environ) if top == "?" else top
+        self.top, self.gitdir, self.head = probe or git_probe(self.root, environ)
         self._files: list[str] | None = None
         self._head: str | None = None
 
@@ -1507,21 +1526,18 @@ class Project:
     def base(self, rev: str | None) -> str:
         """The tree a diff is taken against: HEAD, merge-base(REV, HEAD) or the empty tree."""
         if rev:
-            head = self.git("rev-parse", "--verify", "-q", "HEAD^{commit}", check=False).strip()
-            if not head:
+            if not self.head:
                 raise GitError(f"git_diff:{rev} needs a commit on the current branch")
             return self.git("merge-base", rev, "HEAD").strip()
-        head = self.git("rev-parse", "--verify", "-q", "HEAD^{commit}", check=False).strip()
         # The empty tree is computed, not hard-coded: SHA-256 repositories differ.
-        return head or self.git("hash-object", "-t", "tree", "--stdin").strip()
+        return self.head or self.git("hash-object", "-t", "tree", "--stdin").strip()
 
     def temp_index(self) -> str:
         """A copy of the real index in a temporary file; the caller removes it."""
         import shutil
         import tempfile
 
-        real = self.git("rev-parse", "--git-path", "index").strip()
-        real = os.path.join(self.top, real)
+        real = os.path.join(self.gitdir or "", "index")
         fd, path = tempfile.mkstemp(prefix="aethr-index-")
         os.close(fd)
         if os.path.exists(real):
@@ -1569,14 +1585,21 @@ class Project:
                     check=False)[2] == 0
 
 
-def git_toplevel(cwd: str, environ: dict[str, str]) -> str | None:
-    """The top level of the git work tree around `cwd`, or None (no repo, or no git)."""
+def git_probe(cwd: str, environ: dict[str, str]) -> tuple[str | None, str | None, str | None]:
+    """(top level, git dir, HEAD commit) of the repository around `cwd`, in one git call.
+
+    All None outside a repository (or without git); HEAD is None before the first commit.
+    """
     try:
-        out, _, status = _git(["rev-parse", "--show-toplevel"], cwd, environ, check=False)
+        out = _git(["rev-parse", "--show-toplevel", "--absolute-git-dir", "HEAD"], cwd, environ,
+                   check=False)[0]
     except GitError:
-        return None
-    top = out.decode("utf-8", "surrogateescape").strip()
-    return os.path.abspath(top) if status == 0 and top else None
+        return None, None, None
+    lines = out.decode("utf-8", "surrogateescape").splitlines()
+    if len(lines) < 2 or not lines[0]:
+        return None, None, None
+    head = lines[2] if len(lines) > 2 and re.fullmatch(r"[0-9a-f]{40,64}", lines[2]) else None
+    return os.path.abspath(lines[0]), lines[1], head
 
 
 class Artifact:
@@ -1732,7 +1755,8 @@ def _file_body(project: Project, rel: str, label: str) -> tuple[str | None, str,
         return None, why, 0
     text, why, size = _read_text(os.path.join(project.root, rel), FILE_CAP)
     if text is not None and size > FILE_CAP:
-        text = text.rstrip("\n") + f"\n[\u2026 {label}: {_size(size)}, first {_size(FILE_CAP)} shown]"
+        cut = f"\n[\u2026 {label}: {_size(size)}, first {_size(FILE_CAP)} shown]"
+        text = text.rstrip("\n") + cut
     return text, why, size
 
 
@@ -1966,24 +1990,27 @@ def build_prompt(workflow: Workflow, task: str, step: Step, *, iteration: int = 
     """Render a step's prompt: deterministic, redacted, within the prompt budget (SPEC §5)."""
     history = history or []
     blocks = blocks or []
-    system = build_system(workflow, step)
+    secrets = secrets or []
+    # Secrets are redacted piece by piece, before the budget is measured.
+    system = redact(build_system(workflow, step), secrets)
     max_it = step.repeat.max_iterations if step.repeat else None
     ctl = workflow.controller_of(step.index)
     if ctl is not None:
         max_it = ctl.repeat.max_iterations
     it = f", iteration {iteration}/{max_it}" if max_it else ""
-    head = f"# Task\n\n{task.strip()}\n\n# Step\n\n{step.id} (role: {step.role}{it})\n"
+    head = redact(f"# Task\n\n{task.strip()}\n\n# Step\n\n{step.id} (role: {step.role}{it})\n",
+                  secrets)
     ctx = []
     for b in blocks:
         base = f" ({b.base})" if b.base else ""
-        ctx.append(f"# Context: {b.source}{base}\n\n{b.body.rstrip(chr(10))}\n")
+        ctx.append(redact(f"# Context: {b.source}{base}\n\n{b.body.rstrip(chr(10))}\n", secrets))
     # What this step may see of earlier results (SPEC §5 history_visibility).
     mode = step.history_visibility
     history = [] if mode == "none" else history[-1:] if mode == "latest" else list(history)
     pending = pending or []
     pending = [] if mode == "none" or (mode == "latest" and history) else \
         pending[-1:] if mode == "latest" else pending
-    entries = _history_text(history, mode, pending)
+    entries = [redact(e, secrets) for e in _history_text(history, mode, pending)]
 
     def render(entries: list[str]) -> str:
         prev = ("\n# Previous steps\n\n" + "\n\n".join(entries).rstrip("\n") + "\n") \
@@ -2004,8 +2031,7 @@ def build_prompt(workflow: Workflow, task: str, step: Step, *, iteration: int = 
     if len(raw) > budget:
         note = f"\n[\u2026 prompt cut at {_size(PROMPT_CAP)}]\n"
         user = raw[:max(0, budget - len(note.encode()))].decode("utf-8", "ignore") + note
-    secrets = secrets or []
-    return Prompt(redact(system, secrets), redact(user, secrets), blocks, step, history)
+    return Prompt(system, user, blocks, step, history)
 
 
 def review_status(text: str) -> str | None:
@@ -2240,7 +2266,7 @@ def run_workflow(workflow: Workflow, task: str, *, root: str | Project = ".", li
 
         def step_emit(event: dict) -> None:
             if event["event"] == "warning":
-                step_warnings.append(event["message"])
+                step_warnings.append(event["message"])  # noqa: B023 (used in this pass only)
             emit(event)
 
         t0 = time.monotonic()
@@ -2484,16 +2510,17 @@ def _relative(path: str) -> str:
 def _locate(args: argparse.Namespace, term: Term) -> tuple[Project, Workflow]:
     """The workflow and project root of SPEC §2 (discovery up to the git top level)."""
     cwd = os.getcwd()
-    top = git_toplevel(cwd, term.environ)
+    probe = git_probe(cwd, term.environ)
+    top = probe[0]
     if args.workflow:
-        return Project(top or cwd, term.environ, top), load_workflow(args.workflow)
+        return Project(top or cwd, term.environ, probe), load_workflow(args.workflow)
     if args.preset:
-        return Project(top or cwd, term.environ, top), load_workflow(preset=args.preset)
+        return Project(top or cwd, term.environ, probe), load_workflow(preset=args.preset)
     here = cwd
     while True:
         candidate = os.path.join(here, WORKFLOW_FILE)
         if os.path.lexists(candidate):
-            return Project(here, term.environ, top), load_workflow(_relative(candidate))
+            return Project(here, term.environ, probe), load_workflow(_relative(candidate))
         if os.path.lexists(os.path.join(here, ".aethr.yml")):
             raise ConfigError(f"found {_relative(os.path.join(here, '.aethr.yml'))}, but aethr "
                               f"reads {WORKFLOW_FILE}", hint="rename it: mv .aethr.yml .aethr.yaml")
@@ -2503,7 +2530,7 @@ def _locate(args: argparse.Namespace, term: Term) -> tuple[Project, Workflow]:
         here = parent
     term.note(f"no {WORKFLOW_FILE} found; using the built-in {DEFAULT_PRESET} preset "
               "(aethr init --list shows the others)")
-    return Project(top or cwd, term.environ, top), load_workflow(preset=DEFAULT_PRESET)
+    return Project(top or cwd, term.environ, probe), load_workflow(preset=DEFAULT_PRESET)
 
 
 def preflight(workflow: Workflow, project: Project) -> None:
@@ -2519,7 +2546,7 @@ def preflight(workflow: Workflow, project: Project) -> None:
             why = None
             if not project.top:
                 why = f"{source} needs a git repository; {project.root} is not in one"
-            elif project.git("rev-parse", "--verify", "-q", "HEAD^{commit}", check=False) == "":
+            elif not project.head:
                 why = f"{source} needs a commit on the current branch"
             elif project.git("rev-parse", "--verify", "-q", rev + "^{commit}",
                              check=False) == "":
@@ -2641,7 +2668,7 @@ def _list_presets(stream: Any) -> None:
     stream.flush()
 
 
-def _yaml_scalar(text: str) -> str:
+def _model_scalar(text: str) -> str:
     """`text` as a YAML scalar: plain when that reads back the same, else double-quoted."""
     import json
 
@@ -2667,8 +2694,8 @@ def pin_models(text: str, overrides: dict[str, str]) -> str:
         if isinstance(step, dict) and "model" in step and step.get("role") in models and (
                 overrides.get(step["role"]) or overrides.get("*")):
             line, column = values[("steps", i, "model")]
-            lines[line - 1] = lines[line - 1][:column - 1] + _yaml_scalar(models[step["role"]])
-    block = ["models:"] + [f"  {k}: {_yaml_scalar(v)}" for k, v in models.items()]
+            lines[line - 1] = lines[line - 1][:column - 1] + _model_scalar(models[step["role"]])
+    block = ["models:"] + [f"  {k}: {_model_scalar(v)}" for k, v in models.items()]
     tops = sorted(keys[p][0] for p in keys if len(p) == 1)
     if ("models",) in keys:
         start = keys[("models",)][0]
@@ -2738,7 +2765,8 @@ def _check_summary(workflow: Workflow, project: Project, overrides: dict[str, st
             "mode      mock: no model is called (the default)",
             f"steps     {len(rows)}"]
     for *cols, extra, step in rows:
-        out.append("  " + "  ".join(c.ljust(w) for c, w in zip(cols, widths)) + "  " + extra)
+        cells = "  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True))
+        out.append(f"  {cells}  {extra}")
         if step.repeat:
             until = ("the review status is pass" if step.repeat.until_review_pass
                      else f"the answer contains {step.repeat.until_contains!r}")
