@@ -2653,7 +2653,21 @@ def cmd_run(args: argparse.Namespace, term: Term) -> int:
         return _show_prompts(workflow, task, project, overrides, live, term)
     result = run_workflow(workflow, task, root=project, live=live, models=overrides,
                           env=term.environ, on_event=TermView(term))
+    if (args.preset or args.model) and workflow.preset:
+        _promote(workflow.preset, args.model, live, term)
     return 1 if result.verdict == "revise" else 0
+
+
+def _promote(preset: str, model_flags: list[str], live: bool, term: Term) -> None:
+    """Workflow promotion (SPEC §9): the one `aethr init` command that saves this setup."""
+    import shlex
+
+    words = ["aethr", "init", preset] + [w for m in model_flags for w in ("--model", m)]
+    if os.path.lexists(WORKFLOW_FILE):
+        words.append("--force")
+    term.status(f"aethr: to save this setup as {WORKFLOW_FILE}: {shlex.join(words)}")
+    if live:
+        term.status("aethr: then run with --live (or AETHR_LIVE=1) to keep it live")
 
 
 def _preset_description(text: str) -> str:
