@@ -1441,6 +1441,21 @@ def redact(text: str, secrets: list[str]) -> str:
     return text
 
 
+def _redact_cut(data: bytes, cap: int, secrets: list[str], *, keep_end: bool = False) -> bytes:
+    """Redact whole secrets, then keep `cap` bytes (the head, or the end).
+
+    Callers read a little past the cap (the longest secret's length), so a secret that
+    straddles the cut is replaced whole instead of leaving a prefix in the prompt.
+    """
+    for value in secrets:
+        data = data.replace(value.encode("utf-8", "surrogateescape"), b"[redacted]")
+    return data[-cap:] if keep_end else data[:cap]
+
+
+def _slack(secrets: list[str]) -> int:
+    return max((len(value.encode("utf-8", "surrogateescape")) for value in secrets), default=0)
+
+
 def _child_env(environ: dict[str, str], **extra: str) -> dict[str, str]:
     env = {k: v for k, v in environ.items() if k not in _PRIVATE_VARS}
     env.update(extra)
@@ -1508,6 +1523,7 @@ class Project:
         self.root = os.path.abspath(root)
         self.environ = environ
         self.top, self.gitdir, self.head = probe or git_probe(self.root, environ)
+        self.secrets = secret_values(environ)
         self._files: list[str] | None = None
         self._head: str | None = None
 
@@ -1553,12 +1569,13 @@ class Project:
             self.git("add", "-A", "--ignore-errors", index=index, check=False)
             out, truncated, _ = _git(["diff", "--cached", "-M", "--stat=120", "--patch",
                                       *_DIFF_FLAGS, base, "--"], self.top, self.environ,
-                                     limit=limit, index=index)
+                                     limit=limit + _slack(self.secrets), index=index)
         finally:
             for p in (index, index + ".lock"):
                 if os.path.exists(p):
                     os.unlink(p)
-        return out.decode("utf-8", "replace"), truncated
+        truncated = truncated or len(out) > limit
+        return _redact_cut(out, limit, self.secrets).decode("utf-8", "replace"), truncated
 
     def files(self) -> list[str]:
         """Candidate files for glob:, relative to the project root, `/`-separated."""
@@ -1727,16 +1744,17 @@ def _refusal(project: Project, rel: str) -> str | None:
     return None
 
 
-def _read_text(path: str, cap: int) -> tuple[str | None, str, int]:
-    """(text or None, why not, size): at most `cap` bytes of a UTF-8 file."""
+def _read_text(path: str, cap: int, secrets: list[str]) -> tuple[str | None, str, int]:
+    """(text or None, why not, size): at most `cap` bytes of a UTF-8 file, secrets redacted."""
     try:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
-            data = f.read(cap)
+            data = f.read(cap + _slack(secrets))
     except OSError as exc:
         return None, f"unreadable: {exc.strerror or exc}", 0
     if b"\0" in data[:8192]:
         return None, "binary file, not shown", size
+    data = _redact_cut(data, cap, secrets)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -1753,7 +1771,7 @@ def _file_body(project: Project, rel: str, label: str) -> tuple[str | None, str,
     why = _refusal(project, rel) or ("ignored by git, not read" if project.ignored(rel) else "")
     if why:
         return None, why, 0
-    text, why, size = _read_text(os.path.join(project.root, rel), FILE_CAP)
+    text, why, size = _read_text(os.path.join(project.root, rel), FILE_CAP, project.secrets)
     if text is not None and size > FILE_CAP:
         cut = f"\n[\u2026 {label}: {_size(size)}, first {_size(FILE_CAP)} shown]"
         text = text.rstrip("\n") + cut
@@ -1803,27 +1821,29 @@ def _ctx_glob(project: Project, source: str, pattern: str) -> Block:
 class _Capped:
     """Keeps the head and the tail of a byte stream: a command's output can be huge."""
 
-    def __init__(self, cap: int) -> None:
+    def __init__(self, cap: int, secrets: list[str]) -> None:
         self.half = cap // 2
+        self.keep = self.half + _slack(secrets)     # a straddling secret is redacted whole
+        self.secrets = secrets
         self.head = bytearray()
         self.tail = bytearray()
         self.total = 0
 
     def feed(self, chunk: bytes) -> None:
         self.total += len(chunk)
-        take = max(0, self.half - len(self.head))
+        take = max(0, self.keep - len(self.head))
         self.head += chunk[:take]
         self.tail += chunk[take:]
-        if len(self.tail) > self.half:
-            del self.tail[:len(self.tail) - self.half]
+        if len(self.tail) > self.keep:
+            del self.tail[:len(self.tail) - self.keep]
 
     def text(self, label: str) -> str:
-        head = self.head.decode("utf-8", "replace")
-        tail = self.tail.decode("utf-8", "replace")
         if self.total <= 2 * self.half:
-            return head + tail
+            return redact(bytes(self.head + self.tail).decode("utf-8", "replace"), self.secrets)
+        head = _redact_cut(bytes(self.head), self.half, self.secrets).decode("utf-8", "replace")
+        tail = _redact_cut(bytes(self.tail), self.half, self.secrets, keep_end=True)
         return (f"{head}\n[\u2026 {label}: {_size(self.total)} in all, first and last "
-                f"{_size(self.half)} shown]\n{tail}")
+                f"{_size(self.half)} shown]\n{tail.decode('utf-8', 'replace')}")
 
 
 def _kill_tree(proc: Any) -> None:
@@ -1852,7 +1872,9 @@ def run_shell(command: str, cwd: str, environ: dict[str, str], timeout: float
     proc = subprocess.Popen(command, shell=True, cwd=cwd, env=_child_env(environ),
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, **kw)
-    out, err = _Capped(CMD_CAP), _Capped(CMD_CAP)
+    # stdout and stderr share the command's cap (SPEC §4: 64 KiB of output in all).
+    secrets = secret_values(environ)
+    out, err = _Capped(CMD_CAP // 2, secrets), _Capped(CMD_CAP // 2, secrets)
 
     def pump(stream: Any, sink: _Capped) -> None:
         for chunk in iter(lambda: stream.read1(65536), b""):
