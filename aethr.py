@@ -2132,6 +2132,18 @@ class MockProvider(Provider):
 PROVIDERS: dict[str, type[Provider]] = {}
 
 
+def provider_problems(model: str, environ: dict[str, str]) -> list[tuple[str, str | None]]:
+    """What stops a live call to `model`: (message, hint) pairs for the preflight."""
+    provider = split_model(model)[0]
+    if provider not in PROVIDER_KEYS:
+        return [(f"unknown provider {provider!r} in model {model!r}",
+                 "providers: " + ", ".join(PROVIDER_KEYS))]
+    if provider not in PROVIDERS:
+        return [(f"live calls to {provider} are not available in aethr {__version__} yet",
+                 "run without --live for a mock run")]
+    return []
+
+
 def make_provider(model: str | None, environ: dict[str, str], *, live: bool,
                   role_text: str = "") -> Provider:
     """The provider for `model`: the mock in mock mode, else the live client."""
@@ -2381,6 +2393,109 @@ def wants_live(flag: bool, overrides: dict[str, str], environ: dict[str, str]) -
     return flag or live or bool(overrides) or bool(environ.get("AETHR_MODEL", "").strip())
 
 
+#: Where `aethr auth login PROVIDER` keeps each provider's key.
+AUTH_VARS = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY",
+             "gemini": "GOOGLE_API_KEY", "google": "GOOGLE_API_KEY",
+             "openrouter": "OPENROUTER_API_KEY", "xai": "XAI_API_KEY"}
+_DOTENV_LINE = re.compile(r"[ \t]*(?:export[ \t]+)?([A-Za-z_][A-Za-z0-9_]*)[ \t]*=[ \t]*(.*)\Z")
+_DOTENV_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", '"': '"', "\\": "\\", "$": "$"}
+
+
+class Env(dict):
+    """The environment a run sees: the process's, plus the project's .env (`.dotenv` names)."""
+
+    def __init__(self, base: dict[str, str]) -> None:
+        super().__init__(base)
+        self.dotenv: set[str] = set()
+
+
+def parse_dotenv(text: str) -> tuple[dict[str, str], list[int]]:
+    """`.env` text -> (variables, numbers of the lines that are not KEY=VALUE)."""
+    values: dict[str, str] = {}
+    bad: list[int] = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        found = _DOTENV_LINE.match(line)
+        if not found:
+            bad.append(number)
+            continue
+        name, raw = found.groups()
+        value = _dotenv_value(raw)
+        if value is None:
+            bad.append(number)
+        else:
+            values[name] = value
+    return values, bad
+
+
+def _dotenv_value(raw: str) -> str | None:
+    if raw[:1] == "'":
+        end = raw.find("'", 1)
+        rest = raw[end + 1:].strip() if end > 0 else "x"
+        return raw[1:end] if end > 0 and (not rest or rest.startswith("#")) else None
+    if raw[:1] == '"':
+        out, i = [], 1
+        while i < len(raw) and raw[i] != '"':
+            if raw[i] == "\\" and i + 1 < len(raw):
+                out.append(_DOTENV_ESCAPES.get(raw[i + 1], "\\" + raw[i + 1]))
+                i += 2
+                continue
+            out.append(raw[i])
+            i += 1
+        rest = raw[i + 1:].strip()
+        return "".join(out) if i < len(raw) and (not rest or rest.startswith("#")) else None
+    return re.split(r"[ \t]#", raw, maxsplit=1)[0].strip()
+
+
+def load_dotenv(project: Project) -> tuple[Env, list[str]]:
+    """The project's `.env` merged under the environment (SPEC §11): (env, warnings)."""
+    env = Env(project.environ)
+    path = os.path.join(project.root, ".env")
+    if not os.path.isfile(path):
+        return env, []
+    if project.top and _git(["ls-files", "-z", "--", ".env"], project.root, project.environ,
+                            check=False)[0]:
+        return env, [".env is tracked by git, so it was not loaded: a committed .env could "
+                     "point a base URL elsewhere and receive your key (git rm --cached .env)"]
+    try:
+        with open(path, encoding="utf-8") as f:
+            values, bad = parse_dotenv(f.read())
+    except (OSError, UnicodeDecodeError) as exc:
+        return env, [f"cannot read .env, so it was not loaded: {exc}"]
+    for name, value in values.items():
+        if name not in env:             # variables already in the environment win
+            env[name] = value
+            env.dotenv.add(name)
+    return env, [f".env:{n}: not KEY=VALUE; the line was ignored" for n in bad]
+
+
+def mask(value: str) -> str:
+    """A key as `sk-…a1b2`: never whole."""
+    return f"{value[:3]}\u2026{value[-4:]}" if len(value) >= 12 else "\u2026"
+
+
+def write_dotenv_var(path: str, name: str, value: str | None) -> bool:
+    """Set (or, with None, remove) `name` in the .env at `path` (mode 0600); True if it changed."""
+    lines: list[str] = []
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    pattern = re.compile(rf"[ \t]*(?:export[ \t]+)?{name}[ \t]*=")
+    kept = [line for line in lines if not pattern.match(line)]
+    changed = len(kept) != len(lines)
+    if value is not None:
+        quoted = value if re.fullmatch(r"[A-Za-z0-9_./:+=@,-]*", value) else "'" + value + "'"
+        kept.append(f"{name}={quoted}")
+        changed = True
+    if changed:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+            f.write("\n".join(kept) + ("\n" if kept else ""))
+        os.chmod(path, 0o600)
+    return changed
+
+
 # == 12. Commands and CLI =====================================================
 
 import argparse  # noqa: E402  (every command needs it; nothing above does)
@@ -2472,6 +2587,17 @@ def build_parser(term: Term | None = None) -> tuple[_ArgParser, dict[str, _ArgPa
     group = p.add_mutually_exclusive_group()
     group.add_argument("--workflow", metavar="FILE", help="the workflow file to check")
     group.add_argument("--preset", metavar="NAME", help="check a built-in preset")
+    p.add_argument("--live", action="store_true",
+                   help="also check what live mode needs: models, keys, binaries")
+
+    p = add("auth", "manage provider keys in the project's .env", cmd_auth,
+            "Manage provider keys in the project's .env (mode 0600).")
+    p.add_argument("action", choices=("login", "status", "logout"), metavar="ACTION",
+                   help="login PROVIDER, status, or logout PROVIDER")
+    p.add_argument("provider", nargs="?", metavar="PROVIDER",
+                   help="openai, anthropic, gemini (or google), openrouter or xai")
+    p.add_argument("--key-stdin", action="store_true",
+                   help="login: read the key from standard input instead of a prompt")
 
     add("version", "print the version", cmd_version)
     return top, subs
@@ -2529,36 +2655,64 @@ def _relative(path: str) -> str:
     return path if rel.startswith(".." + os.sep + "..") else rel
 
 
-def _locate(args: argparse.Namespace, term: Term) -> tuple[Project, Workflow]:
-    """The workflow and project root of SPEC §2 (discovery up to the git top level)."""
+def _find_root(args: argparse.Namespace, term: Term
+               ) -> tuple[str, tuple[str | None, str | None, str | None], str | None]:
+    """(project root, git probe, the .aethr.yaml found or None), per SPEC §2."""
     cwd = os.getcwd()
     probe = git_probe(cwd, term.environ)
     top = probe[0]
-    if args.workflow:
-        return Project(top or cwd, term.environ, probe), load_workflow(args.workflow)
-    if args.preset:
-        return Project(top or cwd, term.environ, probe), load_workflow(preset=args.preset)
+    if getattr(args, "workflow", None) or getattr(args, "preset", None):
+        return top or cwd, probe, None
     here = cwd
     while True:
         candidate = os.path.join(here, WORKFLOW_FILE)
         if os.path.lexists(candidate):
-            return Project(here, term.environ, probe), load_workflow(_relative(candidate))
+            return here, probe, candidate
         if os.path.lexists(os.path.join(here, ".aethr.yml")):
             raise ConfigError(f"found {_relative(os.path.join(here, '.aethr.yml'))}, but aethr "
                               f"reads {WORKFLOW_FILE}", hint="rename it: mv .aethr.yml .aethr.yaml")
         parent = os.path.dirname(here)
         if top is None or os.path.normcase(here) == os.path.normcase(top) or parent == here:
-            break
+            return top or cwd, probe, None
         here = parent
+
+
+def _open_project(args: argparse.Namespace, term: Term) -> tuple[Project, str | None]:
+    """The project (with its .env loaded, SPEC §11) and the .aethr.yaml found, if any."""
+    root, probe, found = _find_root(args, term)
+    project = Project(root, term.environ, probe)
+    env, warnings = load_dotenv(project)
+    for warning in warnings:
+        term.warn(warning)
+    project.environ, project.secrets = env, secret_values(env)
+    return project, found
+
+
+def _locate(args: argparse.Namespace, term: Term) -> tuple[Project, Workflow]:
+    """The project and its workflow: --workflow, --preset, .aethr.yaml, or the default preset."""
+    project, found = _open_project(args, term)
+    if args.workflow:
+        return project, load_workflow(args.workflow)
+    if args.preset:
+        return project, load_workflow(preset=args.preset)
+    if found:
+        return project, load_workflow(_relative(found))
     term.note(f"no {WORKFLOW_FILE} found; using the built-in {DEFAULT_PRESET} preset "
               "(aethr init --list shows the others)")
-    return Project(top or cwd, term.environ, probe), load_workflow(preset=DEFAULT_PRESET)
+    return project, load_workflow(preset=DEFAULT_PRESET)
 
 
-def preflight(workflow: Workflow, project: Project) -> None:
-    """Check what the run will need before the first step (SPEC §2); exit 2 on problems."""
-    problems = []
+def preflight(workflow: Workflow, project: Project, *, live: bool = False,
+              overrides: dict[str, str] | None = None) -> None:
+    """Check what the run will need before the first step (SPEC §2); exit 2 on problems.
+
+    Always: every git_diff:REV resolves. Live mode: every model step has a model, a known
+    provider and its key; OpenCode steps have the opencode binary and a git repository.
+    """
+    problems: list[tuple[str, int, int, str, str | None]] = []
     display = workflow.path or f"preset:{workflow.preset}"
+    if live:
+        problems += _live_problems(workflow, project, overrides or {}, display)
     for step in workflow.steps:
         for j, source in enumerate(step.context):
             if not source.startswith("git_diff:"):
@@ -2581,8 +2735,39 @@ def preflight(workflow: Workflow, project: Project) -> None:
                                  "fetch it first (git fetch origin main) or name another "
                                  "revision" if "unknown" in why else None))
     if problems:
-        raise ConfigError(f"{_plural(len(problems), 'problem')} in {display}",
+        problems.sort(key=lambda p: (p[1], p[2]))
+        raise ConfigError(f"{_plural(len(problems), 'problem')} in {display}; nothing was run",
                           problems=problems)
+
+
+def _live_problems(workflow: Workflow, project: Project, overrides: dict[str, str],
+                   display: str) -> list[tuple[str, int, int, str, str | None]]:
+    import shutil
+
+    problems, seen = [], set()
+    for step in workflow.steps:
+        line, column = workflow.marks.get(("steps", step.index), (1, 1))
+        model = resolve_model(workflow, step, overrides, project.environ)
+        found: list[tuple[str, str | None]] = []
+        if step.backend == "opencode":
+            if not shutil.which("opencode", path=project.environ.get("PATH")):
+                found.append(("the opencode CLI is not installed (step "
+                              f"'{step.id}' needs it in live mode)", "npm install -g opencode-ai"))
+            if not project.top:
+                found.append((f"step '{step.id}' uses OpenCode, which needs a git repository",
+                              "git init, or run from inside a repository"))
+            found.append((f"step '{step.id}': the OpenCode bridge is not available in aethr "
+                          f"{__version__} yet", "run without --live for a mock run"))
+        elif not model:
+            found.append((f"step '{step.id}' (role {step.role}) has no model",
+                          f"set models.{step.role} or models.default, or pass --model"))
+        else:
+            found += provider_problems(model, project.environ)
+        for message, hint in found:
+            if message not in seen:
+                seen.add(message)
+                problems.append((display, line, column, message, hint))
+    return problems
 
 
 def _task_from_editor(term: Term) -> str:
@@ -2662,19 +2847,17 @@ def _show_prompts(workflow: Workflow, task: str, project: Project, overrides: di
 def cmd_run(args: argparse.Namespace, term: Term) -> int:
     """aethr run: locate and validate the workflow, preflight, then run it."""
     overrides = _model_flags(args.model)
-    live = wants_live(args.live, overrides, term.environ)
+    env_bool(term.environ, "AETHR_LIVE")        # a bad value fails before anything else
     project, workflow = _locate(args, term)
+    # .env is loaded by now, so it may set AETHR_LIVE (SPEC §11).
+    live = wants_live(args.live, overrides, project.environ)
     _check_roles(overrides, workflow)
-    preflight(workflow, project)
-    if live and not args.show_prompt:
-        raise UsageError(f"live mode is not available in aethr {__version__} yet",
-                         hint="run without --live, --model, AETHR_LIVE and AETHR_MODEL for a "
-                         "mock run, or use --show-prompt to see what would be sent")
+    preflight(workflow, project, live=live and not args.show_prompt, overrides=overrides)
     task = _read_task(args, term)
     if args.show_prompt:
         return _show_prompts(workflow, task, project, overrides, live, term)
     result = run_workflow(workflow, task, root=project, live=live, models=overrides,
-                          env=term.environ, on_event=TermView(term))
+                          env=project.environ, on_event=TermView(term))
     if (args.preset or args.model) and workflow.preset:
         _promote(workflow.preset, args.model, live, term)
     return 1 if result.verdict == "revise" else 0
@@ -2782,11 +2965,10 @@ def cmd_init(args: argparse.Namespace, term: Term) -> int:
     return 0
 
 
-def _check_summary(workflow: Workflow, project: Project, overrides: dict[str, str],
-                   term: Term) -> list[str]:
+def _check_summary(workflow: Workflow, project: Project, live: bool, term: Term) -> list[str]:
     rows = []
     for step in workflow.steps:
-        model = resolve_model(workflow, step, overrides, term.environ)
+        model = resolve_model(workflow, step, {}, project.environ)
         target = (f"opencode {opencode_model(model) or '(its default model)'}"
                   if step.backend == "opencode" else model or "(no model set)")
         extra = ", ".join(step.context) or "no context"
@@ -2798,7 +2980,8 @@ def _check_summary(workflow: Workflow, project: Project, overrides: dict[str, st
     if workflow.description:
         out.append(f"          {workflow.description.strip()}")
     out += [f"root      {project.root}",
-            "mode      mock: no model is called (the default)",
+            "mode      " + ("live: each model step calls its model" if live else
+                             "mock: no model is called (the default; --live calls them)"),
             f"steps     {len(rows)}"]
     for *cols, extra, step in rows:
         cells = "  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True))
@@ -2814,10 +2997,80 @@ def _check_summary(workflow: Workflow, project: Project, overrides: dict[str, st
 def cmd_check(args: argparse.Namespace, term: Term) -> int:
     """aethr check: validate the workflow and print a one-screen summary."""
     project, workflow = _locate(args, term)
-    preflight(workflow, project)
-    for line in _check_summary(workflow, project, {}, term):
+    live = wants_live(args.live, {}, project.environ)
+    preflight(workflow, project, live=args.live)
+    for line in _check_summary(workflow, project, live, term):
         term.write(line + "\n")
     term.status(f"aethr: {workflow.source} is valid")
+    return 0
+
+
+def _read_key(args: argparse.Namespace, term: Term, var: str) -> str:
+    if args.key_stdin:
+        try:
+            key = term.inp.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"cannot read the key from standard input: {exc}") from None
+    elif term.isatty(term.inp):
+        import getpass
+
+        key = getpass.getpass(f"{var} (input is hidden): ", stream=term.err)
+    else:
+        raise UsageError("no terminal to ask for the key on, and no --key-stdin",
+                         hint=f"pipe it in: aethr auth login {args.provider} --key-stdin < key.txt")
+    key = key.strip()
+    if not key:
+        raise UsageError("no key given; .env was left as it is")
+    if re.search(r"[\s'\"\\]", key):
+        raise UsageError("the key contains spaces, quotes or backslashes; .env was left as it is",
+                         hint="paste the key alone, exactly as the provider shows it")
+    return key
+
+
+def cmd_auth(args: argparse.Namespace, term: Term) -> int:
+    """aethr auth login|status|logout: provider keys in the project's .env (SPEC §11)."""
+    project, _ = _open_project(args, term)
+    path = os.path.join(project.root, ".env")
+    env = project.environ
+    if args.action == "status":
+        for provider in ("openai", "anthropic", "gemini", "openrouter", "xai"):
+            var = next((v for v in PROVIDER_KEYS[provider] if env.get(v)), None)
+            if var is None:
+                state = f"{PROVIDER_KEYS[provider][0]:<21} not set"
+            else:
+                where = ".env" if var in getattr(env, "dotenv", ()) else "the environment"
+                state = f"{var:<21} set in {where}: {mask(env[var])}"
+            term.write(f"{provider:<11} {state}\n")
+        term.write(f"{'ollama':<11} no key needed\n")
+        return 0
+    provider = (args.provider or "").strip().lower()
+    if not provider:
+        raise UsageError(f"auth {args.action} needs a provider",
+                         hint=f"aethr auth {args.action} openai (or anthropic, gemini, "
+                         "openrouter, xai)")
+    if provider not in AUTH_VARS:
+        raise UsageError(f"unknown provider {args.provider!r}",
+                         hint=_did_you_mean(provider, AUTH_VARS)
+                         or "providers: " + ", ".join(AUTH_VARS))
+    var = AUTH_VARS[provider]
+    if args.action == "logout":
+        changed = os.path.exists(path) and write_dotenv_var(path, var, None)
+        term.status(f"aethr: removed {var} from {path}" if changed else
+                    f"aethr: {var} was not in {path}; nothing changed")
+        if term.environ.get(var):
+            term.note(f"{var} is still set in the environment")
+        return 0
+    key = _read_key(args, term, var)
+    try:
+        write_dotenv_var(path, var, key)
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from None
+    term.status(f"aethr: saved {var} in {path} ({mask(key)})")
+    if project.top and not project.ignored(".env"):
+        term.warn(".env is not ignored by git: add it to .gitignore so the key is never "
+                  "committed")
+    if term.environ.get(var):
+        term.warn(f"{var} is also set in the environment, and that value wins over .env")
     return 0
 
 

@@ -23,7 +23,7 @@ VERSION_LINE = f"aethr {aethr.__version__}\n"
 COMMANDS = ("init", "run", "check", "version")
 PRESET_NAMES = ("add-tests", "custom", "debug-failing-test", "docs-sync",
                 "plan-implement-review", "review-existing-diff")
-LIVE_REFUSED = "live mode is not available"
+LIVE_REFUSED = "are not available in aethr"
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -605,7 +605,7 @@ def test_show_prompt_calls_nothing_and_shows_every_step(cli, git_repo):
     (["--model", "reviewer=openai:gpt-5.5"], {}),
     ([], {"AETHR_LIVE": "1"}),
     ([], {"AETHR_LIVE": "On"}),
-    ([], {"AETHR_MODEL": "x:y"}),
+    ([], {"AETHR_MODEL": "xai:grok-x"}),
 ], ids=["--live", "--model", "--model-role", "LIVE=1", "LIVE=On", "MODEL=x:y"])
 def test_live_mode_is_refused(cli, git_repo, argv, env):
     make_changes(git_repo)
@@ -619,7 +619,7 @@ def test_live_mode_refused_subprocess(run_aethr, git_repo):
     r = run_aethr("run", "--live", "review it", cwd=git_repo)
     assert_nothing_ran(r)
     assert LIVE_REFUSED in r.err
-    r = run_aethr("run", "review it", cwd=git_repo, env={"AETHR_MODEL": "x:y"})
+    r = run_aethr("run", "review it", cwd=git_repo, env={"AETHR_MODEL": "xai:grok-x"})
     assert_nothing_ran(r)
     assert LIVE_REFUSED in r.err
 
