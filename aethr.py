@@ -363,8 +363,10 @@ class TermView:
                  "verdict " + t.paint(verdict, "green" if verdict == "pass" else "yellow")]
         t.status("aethr: " + dot.join(parts))
         if e["mode"] == "mock":
-            t.status("aethr: mock mode: no model was called and no file was changed; "
-                     "every answer above is a stand-in")
+            t.status("aethr: mock mode: no model was called; the answers above are stand-ins "
+                     "built from the real prompts")
+            t.status("aethr: hint: go live with --live (or AETHR_LIVE=1) once the keys are set: "
+                     "aethr auth login PROVIDER")
 
 
 # == 4. YAML-subset parser ====================================================
@@ -936,7 +938,8 @@ _REPEAT_KEYS = ("back_to", "until_review_pass", "until_contains", "max_iteration
 _BACKENDS = ("model", "opencode")
 _HISTORY = ("all", "latest", "summary", "none")
 _SOURCES = ("git_diff", "latest_diff", "file", "glob", "cmd")
-_STEP_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
+#: A step id is one word: it names the step in headers and `## STEP-ID` lines.
+_STEP_ID_RE = re.compile(r"[^\s\x00-\x1f\x7f-\x9f]+\Z")
 
 
 class Repeat:
@@ -1057,6 +1060,8 @@ def _glob_regex(pattern: str) -> re.Pattern[str]:
 
     Aethr's own translation: pathlib's matching differs between Python versions.
     """
+    while pattern.startswith("./"):
+        pattern = pattern[2:]
     parts = pattern.split("/")
     out = []
     for i, part in enumerate(parts):
@@ -1076,14 +1081,14 @@ def _glob_regex(pattern: str) -> re.Pattern[str]:
             elif c == "?":
                 piece.append("[^/]")
             elif c == "[":
-                end = part.find("]", j + 2 if part[j + 1:j + 2] in ("!", "^") else j + 1)
+                # As in fnmatch: "!" or "^" negates, and a "]" right after them is literal.
+                start = j + 2 if part[j + 1:j + 2] in ("!", "^") else j + 1
+                end = part.find("]", start + 1 if part[start:start + 1] == "]" else start)
                 if end < 0:
                     raise ValueError("'[' without a closing ']'")
-                body = part[j + 1:end]
-                negate = body[:1] in ("!", "^")
-                body = body[1:] if negate else body
-                body = body.replace("\\", "\\\\").replace("[", "\\[")
-                piece.append(f"[^/{body}]" if negate else f"[{body}]")
+                body = part[start:end]
+                body = "".join("\\" + ch if ch in "\\[]^" else ch for ch in body)
+                piece.append(f"[^/{body}]" if start == j + 2 else f"[{body}]")
                 j = end
             else:
                 piece.append(re.escape(c))
@@ -1130,7 +1135,8 @@ class _Checker:
             self.add(path, f"{what} must not be empty")
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
             self.add(path, f"{what} must be a string, not {_describe(value)}",
-                     "quote it, as YAML reads an unquoted 3.10 as the number 3.1")
+                     "quote it, as YAML reads an unquoted 3.10 as the number 3.1"
+                     if isinstance(value, float) else f'quote it: "{value}"')
         else:
             self.add(path, f"{what} must be a string, not {_describe(value)}")
         return None
@@ -1179,7 +1185,8 @@ def _check_step(ck: _Checker, raw: object, i: int, roles: dict, declared: Any) -
     if "id" not in raw:
         ck.add(path, f"step {i + 1} has no id", "add id: NAME")
     elif sid is not None and not _STEP_ID_RE.match(sid):
-        ck.add(path + ("id",), f"step id {sid!r} may hold only letters, digits, '_', '.', '-'")
+        ck.add(path + ("id",), f"step id {sid!r} must be one word, without spaces or control "
+               "characters", "for example review-2 or fix_tests")
         sid = None
     label = f"step {sid!r}" if sid else f"step {i + 1}"
     role = ck.string(raw.get("role"), path + ("role",), f"role of {label}") if "role" in raw \
@@ -1241,14 +1248,17 @@ def _check_repeat(ck: _Checker, raw: object, path: tuple, label: str) -> Repeat 
                             "until_review_pass") if "until_review_pass" in raw else False
     until_contains = ck.string(raw["until_contains"], path + ("until_contains",),
                                "until_contains") if "until_contains" in raw else None
-    if bool(until_pass) == bool(until_contains is not None and "until_contains" in raw):
+    # A mistyped field was reported already; "exactly one" would only add noise.
+    if until_pass is not None and (until_contains is not None or "until_contains" not in raw) \
+            and bool(until_pass) == (until_contains is not None):
         ck.add(path, f"repeat of {label} needs exactly one of until_review_pass: true and "
                "until_contains: TEXT", at_key=True)
     iterations = ck.integer(raw.get("max_iterations", 3), path + ("max_iterations",),
                             "max_iterations", 1, 50)
-    if back_to is None or iterations is None:
+    if back_to is None:
         return None
-    return Repeat(back_to, bool(until_pass), until_contains, iterations)
+    # Even with a bad max_iterations the loop is kept, so back_to and overlaps get checked.
+    return Repeat(back_to, bool(until_pass), until_contains, iterations or 1)
 
 
 def _check_workflow(data: object, ck: _Checker) -> dict:
@@ -1413,6 +1423,14 @@ _DIFF_FLAGS = ("--no-ext-diff", "--no-textconv", "--no-color", "--no-relative",
                "--src-prefix=a/", "--dst-prefix=b/")
 #: Variables of Aethr's own that must never leak into a child process.
 _PRIVATE_VARS = ("GIT_INDEX_FILE",)
+
+
+def printable(text: str) -> str:
+    """`text` with bytes that were not UTF-8 (surrogate escapes) shown as U+FFFD."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
 
 
 def _size(n: int) -> str:
@@ -1696,6 +1714,7 @@ def _ctx_git_diff(project: Project, source: str, rev: str | None) -> Block:
     if not project.top:
         return _placeholder(source, "the project is not in a git repository")
     text, truncated = project.diff_worktree(project.base(rev), DIFF_CAP)
+    text = _hide_secret_files(text)
     if not text.strip():
         return _placeholder(source, "no uncommitted changes" if not rev else
                             f"no changes against merge-base({rev}, HEAD)")
@@ -1723,18 +1742,42 @@ def _ctx_latest_diff(source: str, artifact: Artifact | str | None) -> Block:
                  summary=artifact.summary())
 
 
-def _refusal(project: Project, rel: str) -> str | None:
-    """Why `rel` (relative to the project root) must not be read, or None."""
+def _never_read(rel: str) -> bool:
+    """Whether a path (any component) is on the never-read list of SPEC §4."""
     import fnmatch
 
+    for part in rel.replace(os.sep, "/").lower().split("/"):
+        if part == ".git" or (part != ".env.example"
+                              and any(fnmatch.fnmatchcase(part, p) for p in NEVER_READ)):
+            return True
+    return False
+
+
+def _hide_secret_files(diff: str) -> str:
+    """A diff with the patches of never-read files replaced by a note (the stat keeps names)."""
+    out, hiding = [], False
+    for line in diff.split("\n"):
+        if line.startswith("diff --git "):
+            paths = re.match(r"diff --git a/(.*) b/(.*)\Z", line)
+            hiding = bool(paths) and any(_never_read(p.strip('"')) for p in paths.groups())
+            if hiding:
+                out.append(line)
+                out.append(f"[\u2026 patch of {paths.group(2)} not shown: the file may hold "
+                           "secrets]")
+                continue
+        if not hiding:
+            out.append(line)
+    return "\n".join(out)
+
+
+def _refusal(project: Project, rel: str) -> str | None:
+    """Why `rel` (relative to the project root) must not be read, or None."""
     root = os.path.realpath(project.root)
     real = os.path.realpath(os.path.join(root, rel))
     if real != root and not real.startswith(root.rstrip(os.sep) + os.sep):
         return "outside the project root, not read"
-    for part in os.path.relpath(real, root).replace(os.sep, "/").lower().split("/"):
-        if part == ".git" or (part != ".env.example"
-                              and any(fnmatch.fnmatchcase(part, p) for p in NEVER_READ)):
-            return "may hold secrets, never read"
+    if _never_read(os.path.relpath(real, root)):
+        return "may hold secrets, never read"
     if not os.path.lexists(real):
         return "not found"
     if os.path.isdir(real):
@@ -1803,13 +1846,13 @@ def _ctx_glob(project: Project, source: str, pattern: str) -> Block:
         text, why, _ = _file_body(project, rel, rel)
         if text is None:
             if why != "not found":      # tracked but deleted: nothing to show
-                parts.append(f"[{rel} \u2014 {why}]")
+                parts.append(f"[{printable(rel)} \u2014 {why}]")
             continue
         room = GLOB_CAP - total
         if len(text.encode("utf-8")) > room:
             text = text.encode("utf-8")[:room].decode("utf-8", "ignore") + (
                 f"\n[\u2026 {rel}: cut at the glob's {_size(GLOB_CAP)} limit]")
-        parts.append(f"### {rel}\n\n{text.rstrip(chr(10))}\n")
+        parts.append(f"### {printable(rel)}\n\n{text.rstrip(chr(10))}\n")
         shown += 1
         total += len(text.encode("utf-8"))
     if not shown and not parts:
@@ -2099,7 +2142,9 @@ def mock_answer(prompt: Prompt, model: str | None, role_text: str = "") -> str:
              f"{digest.hexdigest()[:12]}) to {target}.", ""]
     if prompt.blocks:
         lines.append("Context the step saw:")
-        lines.extend(f"- {b.source}: {b.summary}" for b in prompt.blocks)
+        # Summary lines are prefixed so that no file name can pass for a review status.
+        lines.extend(f"- {b.source}: " + b.summary.replace("\n", "\n  | ")
+                     for b in prompt.blocks)
     else:
         lines.append("The step declares no context.")
     if prompt.history:
@@ -2210,6 +2255,9 @@ class OpenCodeBackend:
         text = (f"[mock] OpenCode was not run. In live mode it would carry out step "
                 f"'{prompt.step.id}' in the project with {who}, and the files it changed would "
                 "become this step's artifact.\nNo file was changed.\n")
+        rep = prompt.step.repeat
+        if rep and rep.until_contains is not None and not rep.until_review_pass:
+            text += f"\n{rep.until_contains}\n"
         if _needs_status(prompt.step, role_text):
             text += "\nReview status: pass\n"
         emit({"event": "text", "step": prompt.step.id, "text": text})
@@ -2520,11 +2568,11 @@ class _ArgParser(argparse.ArgumentParser):
 
     def __init__(self, *args: Any, term: Term | None = None, **kw: Any) -> None:
         kw.setdefault("allow_abbrev", False)    # run x --show must not mean --show-prompt
-        try:
-            super().__init__(*args, color=False, **kw)      # Python 3.14+ colours help
+        self.term = term or Term()
+        try:    # Python 3.14+ colours help and errors: same decision as ours (SPEC §9)
+            super().__init__(*args, color=self.term.color(self.term.err), **kw)
         except TypeError:
             super().__init__(*args, **kw)
-        self.term = term or Term()
 
     def _print_message(self, message: str, file: Any = None) -> None:
         if message:
@@ -2604,6 +2652,7 @@ def build_parser(term: Term | None = None) -> tuple[_ArgParser, dict[str, _ArgPa
 
 
 def _parse_args(argv: list[str], term: Term) -> argparse.Namespace:
+    term.no_color = "--no-color" in argv[:argv.index("--") if "--" in argv else len(argv)]
     top, subs = build_parser(term)
     i = 0
     while i < len(argv) and argv[i] == "--no-color":
@@ -2642,12 +2691,27 @@ def _model_flags(values: list[str]) -> dict[str, str]:
     return out
 
 
-def _check_roles(overrides: dict[str, str], workflow: Workflow) -> None:
+def _check_overrides(overrides: dict[str, str], workflow: Workflow, environ: dict[str, str]
+                     ) -> None:
+    """--model ROLE= must name a role; an override's provider must be known (SPEC §2, §3)."""
     for role in overrides:
         if role != "*" and role not in workflow.roles:
             raise UsageError(f"--model {role}=…: {workflow.source} has no role {role!r}",
                              hint=_did_you_mean(role, workflow.roles)
                              or "roles: " + ", ".join(workflow.roles))
+    env_model = environ.get("AETHR_MODEL", "").strip()
+    if env_model and not all(split_model(env_model)):
+        raise UsageError(f"AETHR_MODEL={env_model!r} is not provider:model",
+                         hint="for example AETHR_MODEL=openai:gpt-5.5")
+    # OpenCode takes any provider id (SPEC §7): only model steps are checked.
+    for step in workflow.steps:
+        model = overrides.get(step.role) or overrides.get("*") or env_model
+        if step.backend == "model" and model and split_model(model)[0] not in PROVIDER_KEYS:
+            where = ("AETHR_MODEL" if model == env_model and not overrides else "--model")
+            raise UsageError(f"{where}: unknown provider {split_model(model)[0]!r} in model "
+                             f"{model!r}", hint=_did_you_mean(split_model(model)[0],
+                                                               PROVIDER_KEYS)
+                             or "providers: " + ", ".join(PROVIDER_KEYS))
 
 
 def _relative(path: str) -> str:
@@ -2658,7 +2722,11 @@ def _relative(path: str) -> str:
 def _find_root(args: argparse.Namespace, term: Term
                ) -> tuple[str, tuple[str | None, str | None, str | None], str | None]:
     """(project root, git probe, the .aethr.yaml found or None), per SPEC §2."""
-    cwd = os.getcwd()
+    try:
+        cwd = os.getcwd()
+    except FileNotFoundError:
+        raise UsageError("the current directory no longer exists",
+                         hint="cd to an existing directory and run again") from None
     probe = git_probe(cwd, term.environ)
     top = probe[0]
     if getattr(args, "workflow", None) or getattr(args, "preset", None):
@@ -2670,7 +2738,9 @@ def _find_root(args: argparse.Namespace, term: Term
             return here, probe, candidate
         if os.path.lexists(os.path.join(here, ".aethr.yml")):
             raise ConfigError(f"found {_relative(os.path.join(here, '.aethr.yml'))}, but aethr "
-                              f"reads {WORKFLOW_FILE}", hint="rename it: mv .aethr.yml .aethr.yaml")
+                              f"reads {WORKFLOW_FILE}", hint="rename it: mv "
+                              + _relative(os.path.join(here, ".aethr.yml")) + " "
+                              + _relative(os.path.join(here, WORKFLOW_FILE)))
         parent = os.path.dirname(here)
         if top is None or os.path.normcase(here) == os.path.normcase(top) or parent == here:
             return top or cwd, probe, None
@@ -2732,8 +2802,8 @@ def preflight(workflow: Workflow, project: Project, *, live: bool = False,
                 why = f"{source}: {rev!r} has no common ancestor with HEAD"
             if why:
                 problems.append((display, line, column, why,
-                                 "fetch it first (git fetch origin main) or name another "
-                                 "revision" if "unknown" in why else None))
+                                 "check the name, or fetch it first (git fetch)"
+                                 if "unknown" in why else None))
     if problems:
         problems.sort(key=lambda p: (p[1], p[2]))
         raise ConfigError(f"{_plural(len(problems), 'problem')} in {display}; nothing was run",
@@ -2820,7 +2890,8 @@ def _read_task(args: argparse.Namespace, term: Term) -> str:
     if not text.strip():
         raise UsageError("the task is empty; nothing was run",
                          hint='aethr run "what you want done"')
-    return text.strip()
+    # Bytes that are not UTF-8 (in argv or on stdin) become U+FFFD, never a crash.
+    return text.strip().encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def _show_prompts(workflow: Workflow, task: str, project: Project, overrides: dict[str, str],
@@ -2851,7 +2922,7 @@ def cmd_run(args: argparse.Namespace, term: Term) -> int:
     project, workflow = _locate(args, term)
     # .env is loaded by now, so it may set AETHR_LIVE (SPEC §11).
     live = wants_live(args.live, overrides, project.environ)
-    _check_roles(overrides, workflow)
+    _check_overrides(overrides, workflow, project.environ)
     preflight(workflow, project, live=live and not args.show_prompt, overrides=overrides)
     task = _read_task(args, term)
     if args.show_prompt:
@@ -2952,7 +3023,7 @@ def cmd_init(args: argparse.Namespace, term: Term) -> int:
     text = PRESETS[args.preset]
     overrides = _model_flags(args.model)
     if overrides:
-        _check_roles(overrides, load_workflow(preset=args.preset))
+        _check_overrides(overrides, load_workflow(preset=args.preset), {})
         text = pin_models(text, overrides)
         load_workflow(WORKFLOW_FILE, text=text)
     try:
@@ -2998,6 +3069,7 @@ def cmd_check(args: argparse.Namespace, term: Term) -> int:
     """aethr check: validate the workflow and print a one-screen summary."""
     project, workflow = _locate(args, term)
     live = wants_live(args.live, {}, project.environ)
+    _check_overrides({}, workflow, project.environ)
     preflight(workflow, project, live=args.live)
     for line in _check_summary(workflow, project, live, term):
         term.write(line + "\n")

@@ -1067,3 +1067,66 @@ def test_unexpected_exception_subprocess(tmp_path):
     assert "RuntimeError: kaboom in a subprocess" in proc.stderr
     assert "report" in proc.stderr.rstrip("\n").splitlines()[-1]
     assert proc.stdout == ""
+
+
+# -- hostile or mistaken input found in review ----------------------------------------------
+
+def test_task_bytes_that_are_not_utf8_never_crash(run_aethr, git_repo):
+    make_changes(git_repo)
+    proc = subprocess.run([sys.executable, str(AETHR_PY), "run", "--show-prompt", b"fix \xff it"],
+                          cwd=git_repo, capture_output=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert b"Traceback" not in proc.stderr
+    assert "fix \ufffd it" in proc.stdout.decode("utf-8")
+    proc = subprocess.run([sys.executable, str(AETHR_PY), "run", "-"], cwd=git_repo,
+                          input=b"review \xff\xfe this\n", capture_output=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert b"Traceback" not in proc.stderr
+
+
+def test_file_names_that_are_not_utf8_never_crash(cli, git_repo):
+    name = os.fsdecode(b"n\xffame.py")
+    (git_repo / name).write_text("x = 1\n")
+    (git_repo / ".aethr.yaml").write_text(reader_workflow("g", "glob:*.py"))
+    r = cli("run", "--show-prompt", "look")
+    assert r.code == 0, r
+    assert "n\ufffdame.py" in r.out
+
+
+@pytest.mark.parametrize("argv, env, where", [
+    (["--model", "bogus:m"], {}, "--model"),
+    (["--model", "reviewer=bogus:m"], {}, "--model"),
+    ([], {"AETHR_MODEL": "bogus:z"}, "AETHR_MODEL"),
+], ids=["--model", "--model-role", "AETHR_MODEL"])
+def test_unknown_provider_in_an_override_is_always_an_error(cli, git_repo, argv, env, where):
+    make_changes(git_repo)
+    r = cli("run", "--show-prompt", *argv, "review it", env=env)
+    assert_nothing_ran(r)
+    assert f"aethr: error: {where}: unknown provider 'bogus'" in r.err
+
+
+def test_model_env_without_provider_and_check(cli, git_repo):
+    r = cli("check", env={"AETHR_MODEL": "garbage"})
+    assert r.code == 2 and "AETHR_MODEL='garbage' is not provider:model" in r.err, r
+    r = cli("check", env={"AETHR_MODEL": "bogus:z"})
+    assert r.code == 2 and "unknown provider 'bogus'" in r.err, r
+
+
+def test_init_with_an_unknown_provider_writes_nothing(cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = cli("init", "review-existing-diff", "--model", "bogus:m")
+    assert r.code == 2, r
+    assert "--model: unknown provider 'bogus'" in r.err
+    assert not (tmp_path / ".aethr.yaml").exists()
+
+
+def test_a_deleted_current_directory_is_a_usage_error(cli, tmp_path, monkeypatch):
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    for argv in (["run", "x"], ["check"]):
+        r = cli(*argv)
+        assert r.code == 2, r
+        assert "the current directory no longer exists" in r.err
+        assert "Traceback" not in r.err

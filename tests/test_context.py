@@ -783,6 +783,40 @@ def test_cmd_output_cap_is_shared_by_stdout_and_stderr(git_repo):
     script = git_repo / "both.py"
     script.write_text("import sys\nsys.stdout.write('o' * 200000)\nsys.stderr.write('e' * 200000)\n")
     project = aethr.Project(str(git_repo), dict(os.environ))
-    body = aethr.collect_context(_straddling_step(f"cmd:{sys.executable} both.py"), project)[0].body
+    step = _straddling_step(f"cmd:{sys.executable} both.py")
+    body = aethr.collect_context(step, project)[0].body
     assert body.count("o") + body.count("e") <= aethr.CMD_CAP + 64
     assert body.count("o") > 1000 and body.count("e") > 1000
+
+
+@pytest.mark.parametrize("pattern, path, expected", [
+    ("src/[!]]", "src/a", True),
+    ("src/[!]]", "src/]", False),
+    ("src/[]]", "src/]", True),
+    ("[]a]", "a", True),
+    ("./src/*.py", "src/x.py", True),
+    ("x[\\]", "x\\", True),
+])
+def test_glob_brackets_and_leading_dot_slash(pattern, path, expected):
+    assert bool(aethr._glob_regex(pattern).match(path)) is expected
+
+
+def test_glob_unclosed_bracket_is_rejected():
+    for pattern in ("src/[!]", "["):
+        with pytest.raises(ValueError, match="without a closing"):
+            aethr._glob_regex(pattern)
+
+
+def test_git_diff_never_shows_the_patch_of_a_secret_file(git_repo):
+    (git_repo / ".env").write_text("DB_PASSWORD=plainsecretvalue\n")
+    (git_repo / "server.pem").write_text("-----BEGIN PRIVATE KEY-----\nabc\n")
+    (git_repo / ".env.example").write_text("DB_PASSWORD=changeme\n")
+    (git_repo / "ok.txt").write_text("fine\n")
+    wf = aethr.load_workflow(text="roles:\n  r: x\nsteps:\n  - id: s\n    role: r\n"
+                                  "    context: [git_diff]\n")
+    project = aethr.Project(str(git_repo), dict(os.environ))
+    body = aethr.collect_context(wf.steps[0], project)[0].body
+    assert "plainsecretvalue" not in body
+    assert "BEGIN PRIVATE KEY" not in body
+    assert "patch of .env not shown" in body and "patch of server.pem not shown" in body
+    assert "DB_PASSWORD=changeme" in body and "+fine" in body

@@ -404,7 +404,8 @@ def test_summary_one_step(repo1, cli):
     assert res.code == 0, res
     lines = _times(res.err).splitlines()
     assert "aethr: 1 step run \u00b7 T \u00b7 0 tokens \u00b7 verdict pass" in lines
-    assert lines[-1].startswith("aethr: mock mode: no model was called")
+    assert lines[-2].startswith("aethr: mock mode: no model was called")
+    assert lines[-1].startswith("aethr: hint: go live with --live")
 
 
 def test_summary_three_steps_and_mock_note(repo3, cli):
@@ -412,7 +413,8 @@ def test_summary_three_steps_and_mock_note(repo3, cli):
     lines = _times(res.err).splitlines()
     summary = lines.index("aethr: 3 steps run \u00b7 T \u00b7 0 tokens \u00b7 verdict pass")
     assert lines[summary + 1].startswith("aethr: mock mode: no model was called")
-    assert summary + 2 == len(lines)
+    assert lines[summary + 2].startswith("aethr: hint: go live with --live")
+    assert summary + 3 == len(lines)
 
 
 def test_summary_counts_loop_passes_and_shows_revise(repo3, cli, monkeypatch):

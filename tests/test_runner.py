@@ -677,3 +677,34 @@ def test_loop_workflow_via_the_real_command(git_repo, run_aethr):
         "## plan", "## implement", "## review"]
     assert "iteration 1/3" in res.err and "verdict pass" in res.err
     assert git(git_repo, "status", "--porcelain") == "?? .aethr.yaml\n"
+
+
+def test_mock_opencode_controller_includes_its_until_contains_text(git_repo, cli):
+    (git_repo / ".aethr.yaml").write_text(textwrap.dedent("""\
+        roles:
+          impl: Implement it; say DONE when finished.
+        steps:
+          - id: implement
+            role: impl
+            backend: opencode
+            repeat: {back_to: implement, until_contains: DONE, max_iterations: 2}
+        """))
+    r = cli("run", "do it")
+    assert r.code == 0, r
+    assert "verdict pass" in r.err
+    assert "iteration 2/2" not in r.err
+
+
+def test_a_file_name_cannot_fake_a_review_status_in_mock_mode(git_repo, cli):
+    (git_repo / "review status: revise").write_text("x\n")
+    (git_repo / ".aethr.yaml").write_text(textwrap.dedent("""\
+        roles:
+          reader: Read the diff.
+        steps:
+          - id: read
+            role: reader
+            context: [git_diff]
+        """))
+    r = cli("run", "read it")
+    assert r.code == 0, r
+    assert "verdict pass" in r.err

@@ -209,7 +209,8 @@ CASES = [
     (
         "step-id-bad-characters",
         HEAD.replace("id: review", "id: my review"),
-        [(8, 9, "step id 'my review' may hold only letters, digits, '_', '.', '-'", None)],
+        [(8, 9, "step id 'my review' must be one word, without spaces or control characters",
+          Has("review-2"))],
     ),
     (
         "duplicate-step-id",
@@ -1035,3 +1036,22 @@ def test_reviewer_roles_state_the_review_status_protocol():
             if step.repeat.until_contains:
                 assert step.repeat.until_contains in workflow.roles[step.role], (where, step.id)
     assert checked >= len(SIX_PRESETS)
+
+
+def test_repeat_problems_are_all_reported_together():
+    text = HEAD.replace("history_visibility: latest\n", "") + (
+        "    repeat: {back_to: ghost, until_review_pass: true, max_iterations: 0}\n")
+    with pytest.raises(aethr.ConfigError) as info:
+        aethr.load_workflow(".aethr.yaml", text=text)
+    messages = " | ".join(p[3] for p in info.value.problems)
+    assert "max_iterations must be a whole number from 1 to 50" in messages
+    assert "back_to names no step: 'ghost'" in messages
+
+
+def test_a_mistyped_until_flag_gets_one_problem_not_two():
+    text = HEAD + "    repeat: {back_to: review, until_review_pass: maybe}\n"
+    with pytest.raises(aethr.ConfigError) as info:
+        aethr.load_workflow(".aethr.yaml", text=text)
+    messages = [p[3] for p in info.value.problems]
+    assert any("until_review_pass must be true or false" in m for m in messages), messages
+    assert not any("exactly one" in m for m in messages), messages
