@@ -781,7 +781,8 @@ def test_cmd_output_head_and_tail_never_leave_part_of_a_secret(git_repo):
 
 def test_cmd_output_cap_is_shared_by_stdout_and_stderr(git_repo):
     script = git_repo / "both.py"
-    script.write_text("import sys\nsys.stdout.write('o' * 200000)\nsys.stderr.write('e' * 200000)\n")
+    script.write_text("import sys\n"
+                      "sys.stdout.write('o' * 200000)\nsys.stderr.write('e' * 200000)\n")
     project = aethr.Project(str(git_repo), dict(os.environ))
     step = _straddling_step(f"cmd:{sys.executable} both.py")
     body = aethr.collect_context(step, project)[0].body
