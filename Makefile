@@ -49,8 +49,10 @@ check: $(STAMP)
 importtime:
 	$(PYTHON) -X importtime -c "import aethr" 2>&1 | tail -1
 
+# make bench [PYTHON=/path/to/python3.12] [BENCH_ARGS='--quick']; SPEC §12 (use a clean interpreter).
+BENCH_ARGS ?=
 bench:
-	$(PYTHON) tests/bench.py
+	$(PYTHON) tests/bench.py $(BENCH_ARGS)
 
 # Long property-based runs; conftest.py registers the "long" Hypothesis profile.
 fuzz: $(STAMP)

@@ -354,6 +354,8 @@ class TermView:
         t.status(t.glyph("bottom") + t.paint(t.glyph("dot").join(parts), "dim"))
 
     def _on_run_end(self, e: dict) -> None:
+        if e["verdict"] == "failed":
+            return                      # main() reports the failure itself
         t, dot = self.term, self.term.glyph("dot")
         verdict = e["verdict"]
         total = e.get("usage") or {}
@@ -1433,6 +1435,12 @@ def printable(text: str) -> str:
         return text.encode("utf-8", "replace").decode("utf-8")
 
 
+def _relative(path: str) -> str:
+    """`path` relative to the current directory, unless that climbs out twice or more."""
+    rel = os.path.relpath(path)
+    return path if rel.startswith(".." + os.sep + "..") else rel
+
+
 def _size(n: int) -> str:
     """A byte count as people read it: `812 bytes`, `64 KiB`, `1.2 MB`."""
     if n < KIB:
@@ -2183,6 +2191,12 @@ def provider_problems(model: str, environ: dict[str, str]) -> list[tuple[str, st
     if provider not in PROVIDER_KEYS:
         return [(f"unknown provider {provider!r} in model {model!r}",
                  "providers: " + ", ".join(PROVIDER_KEYS))]
+    names = PROVIDER_KEYS[provider]
+    default = {"openai": "https://api.openai.com/v1"}.get(provider)
+    custom = default and environ.get("OPENAI_BASE_URL", default).rstrip("/") != default
+    if names and not custom and not any(environ.get(n) for n in names):
+        return [(f"{' or '.join(names)} is not set (needed for {model})",
+                 f"aethr auth login {provider}, or export {names[0]}")]
     if provider not in PROVIDERS:
         return [(f"live calls to {provider} are not available in aethr {__version__} yet",
                  "run without --live for a mock run")]
@@ -2218,7 +2232,7 @@ def opencode_model(model: str | None) -> str | None:
 class ModelBackend:
     """Runs a model step: the prompt goes to a provider, the answer streams back."""
 
-    def __init__(self, environ: dict[str, str], *, live: bool) -> None:
+    def __init__(self, environ: dict[str, str], *, live: bool, project: Any = None) -> None:
         self.environ = environ
         self.live = live
 
@@ -2241,9 +2255,10 @@ class ModelBackend:
 class OpenCodeBackend:
     """Runs an implementation step with the OpenCode CLI (mock mode runs nothing)."""
 
-    def __init__(self, environ: dict[str, str], *, live: bool) -> None:
+    def __init__(self, environ: dict[str, str], *, live: bool, project: Any = None) -> None:
         self.environ = environ
         self.live = live
+        self.project = project
 
     def run(self, prompt: Prompt, model: str | None, role_text: str,
             emit: Callable[[dict], None]) -> tuple[str, dict, Artifact | None]:
@@ -2309,13 +2324,72 @@ def _loop_verdict(step: Step, result: StepResult) -> tuple[bool, str | None]:
     return False, None
 
 
+def _artifact_dict(art: Artifact | None) -> dict | None:
+    if art is None:
+        return None
+    return {"files": [{"status": st, "path": p, "old_path": old} for st, p, old in art.files],
+            "stat": art.stat, "patch": art.patch, "note": art.note}
+
+
+def _artifact_from(data: dict | None) -> Artifact | None:
+    if data is None:
+        return None
+    return Artifact([(f["status"], f["path"], f.get("old_path")) for f in data["files"]],
+                    data.get("stat", ""), data.get("patch", ""), data.get("note"))
+
+
+def result_dict(r: StepResult) -> dict:
+    """A step result as plain data (checkpoints, --json)."""
+    return {"step": r.step, "role": r.role, "backend": r.backend, "iteration": r.iteration,
+            "output": r.text, "review_status": r.review_status,
+            "artifact": _artifact_dict(r.artifact), "usage": r.usage, "duration": r.duration,
+            "model": r.model, "warnings": r.warnings}
+
+
+def result_from(data: dict) -> StepResult:
+    """The inverse of result_dict."""
+    return StepResult(step=data["step"], role=data["role"], backend=data["backend"],
+                      iteration=data["iteration"], text=data["output"],
+                      review_status=data["review_status"],
+                      artifact=_artifact_from(data["artifact"]), usage=data["usage"] or {},
+                      duration=data["duration"], model=data["model"],
+                      warnings=data.get("warnings") or [])
+
+
+class _RunState:
+    """What a run has done so far: where it goes next and everything needed to resume."""
+
+    __slots__ = ("next", "results", "passes", "exhausted", "partial")
+
+    def __init__(self, resume: dict | None = None) -> None:
+        resume = resume or {}
+        self.next: int = resume.get("next_step", 0)
+        self.results = [result_from(r) for r in resume.get("results", [])]
+        self.passes = {int(k): v for k, v in resume.get("loop_passes", {}).items()}
+        self.exhausted: bool = resume.get("loop_ran_out", False)
+        self.partial: list[str] = []
+
+    def latest(self) -> Artifact | None:
+        return next((r.artifact for r in reversed(self.results) if r.artifact is not None), None)
+
+    def checkpoint(self, step: Step) -> dict:
+        """The run's state at a failed or interrupted step (SPEC §10; the CLI adds the rest)."""
+        return {"next_step": self.next, "results": [result_dict(r) for r in self.results],
+                "loop_passes": {str(k): v for k, v in self.passes.items()},
+                "loop_ran_out": self.exhausted,
+                "partial": {"step": step.id, "output": "".join(self.partial),
+                            "incomplete": True}}
+
+
 def run_workflow(workflow: Workflow, task: str, *, root: str | Project = ".", live: bool = False,
                  models: dict[str, str] | None = None, env: dict[str, str] | None = None,
-                 on_event: Callable[[dict], None] | None = None) -> RunResult:
+                 on_event: Callable[[dict], None] | None = None,
+                 resume: dict | None = None) -> RunResult:
     """Run every step in order with its loops; prints nothing, writes no file.
 
     `on_event` receives the run's events (run_start, step_start, text, warning,
-    step_end, run_end). A failing step raises StepFailed.
+    step_end, run_end). A failing step raises StepFailed whose `.checkpoint` holds
+    the state to resume from (`resume=`); Ctrl-C leaves the same on the exception.
     """
     import time
 
@@ -2324,65 +2398,76 @@ def run_workflow(workflow: Workflow, task: str, *, root: str | Project = ".", li
     project = root if isinstance(root, Project) else Project(os.fspath(root), environ)
     overrides, secrets, steps = models or {}, secret_values(environ), workflow.steps
     mode = "live" if live else "mock"
+    state = _RunState(resume)
     emit({"event": "run_start", "schema": 1, "workflow": workflow.name,
           "source": workflow.source, "steps": [s.id for s in steps], "mode": mode})
-    results: list[StepResult] = []
-    passes: dict[int, int] = {}
-    warnings: list[str] = []
-    usage: dict = {}
-    latest: Artifact | None = None
-    exhausted = False
     started = time.monotonic()
-    i = 0
+    usage: dict = {}
+    for r in state.results:
+        _add_usage(usage, r.usage)
+
+    def end(verdict: str, **extra: Any) -> None:
+        emit({"event": "run_end", "verdict": verdict, "mode": mode,
+              "steps_run": len(state.results), "usage": usage,
+              "duration": time.monotonic() - started, **extra})
+
     # 1. One loop over the steps; a loop controller may send it back to `back_to`.
-    while i < len(steps):
+    while state.next < len(steps):
+        i = state.next
         step = steps[i]
         ctl = workflow.controller_of(i)
-        iteration = passes.get(ctl.index, 0) + 1 if ctl else 1
+        iteration = state.passes.get(ctl.index, 0) + 1 if ctl else 1
         model = resolve_model(workflow, step, overrides, environ)
         emit({"event": "step_start", "step": step.id, "role": step.role, "number": i + 1,
               "total": len(steps), "model": model, "backend": step.backend,
               "where": step_target(step, model, live), "iteration": iteration,
               "max_iterations": ctl.repeat.max_iterations if ctl else None})
         step_warnings: list[str] = []
+        state.partial = []
 
         def step_emit(event: dict) -> None:
             if event["event"] == "warning":
                 step_warnings.append(event["message"])  # noqa: B023 (used in this pass only)
+            elif event["event"] == "text":
+                state.partial.append(event["text"])
             emit(event)
 
         t0 = time.monotonic()
         # 2. Context is collected each time a step runs: the tree as it is now.
         try:
-            blocks = collect_context(step, project, latest)
-            prompt = build_prompt(workflow, task, step, iteration=iteration, history=results,
-                                  blocks=blocks, secrets=secrets)
+            blocks = collect_context(step, project, state.latest())
+            prompt = build_prompt(workflow, task, step, iteration=iteration,
+                                  history=state.results, blocks=blocks, secrets=secrets)
             backend = (OpenCodeBackend if step.backend == "opencode" else ModelBackend)(
-                environ, live=live)
+                environ, live=live, project=project)
             text, step_usage, artifact = backend.run(prompt, model,
                                                      workflow.roles.get(step.role, ""),
                                                      step_emit)
         except AethrError as exc:
-            raise StepFailed(f"step '{step.id}' failed: {exc.message}", hint=exc.hint,
-                             step=step.id) from exc
+            failed = StepFailed(f"step '{step.id}' failed: {exc.message}", hint=exc.hint,
+                                step=step.id, checkpoint=state.checkpoint(step))
+            end("failed", error=failed.message)
+            raise failed from exc
+        except BaseException as exc:    # Ctrl-C, a closed stdout: keep what was done
+            exc.checkpoint = state.checkpoint(step)  # type: ignore[attr-defined]
+            raise
         result = StepResult(step=step.id, role=step.role, backend=step.backend,
                             iteration=iteration, text=text, review_status=review_status(text),
                             artifact=artifact, usage=step_usage, model=model,
                             duration=time.monotonic() - t0, warnings=step_warnings)
-        results.append(result)
+        state.results.append(result)
         _add_usage(usage, step_usage)
-        latest = artifact if artifact is not None else latest
         # 3. A loop controller decides: go on, go back, or give up with a warning.
         again = False
         if step.repeat:
-            passes[i] = passes.get(i, 0) + 1
+            state.passes[i] = state.passes.get(i, 0) + 1
             done, warning = _loop_verdict(step, result)
             if warning:
                 step_emit({"event": "warning", "step": step.id, "message": warning})
-            if not done and passes[i] < step.repeat.max_iterations:
+            if not done and state.passes[i] < step.repeat.max_iterations:
                 again = True
             elif not done:
-                exhausted = True
+                state.exhausted = True
                 step_emit({"event": "warning", "step": step.id, "message":
                            f"step '{step.id}' did not pass after "
                            f"{_plural(step.repeat.max_iterations, 'iteration')}; continuing, "
@@ -2391,15 +2476,13 @@ def run_workflow(workflow: Workflow, task: str, *, root: str | Project = ".", li
               "output": text, "usage": step_usage, "duration": result.duration,
               "review_status": result.review_status, "artifact": artifact,
               "warnings": step_warnings})
-        warnings.extend(step_warnings)
-        i = workflow.step_index(step.repeat.back_to) if again else i + 1
+        state.next = workflow.step_index(step.repeat.back_to) if again else i + 1
     # 4. The verdict: revise if a loop ran out, else the last review status given.
-    statuses = [r.review_status for r in results if r.review_status]
-    verdict = "revise" if exhausted else (statuses[-1] if statuses else "pass")
-    duration = time.monotonic() - started
-    emit({"event": "run_end", "verdict": verdict, "mode": mode, "steps_run": len(results),
-          "usage": usage, "duration": duration})
-    return RunResult(verdict, results, usage, duration, warnings)
+    statuses = [r.review_status for r in state.results if r.review_status]
+    verdict = "revise" if state.exhausted else (statuses[-1] if statuses else "pass")
+    end(verdict)
+    warnings = [w for r in state.results for w in r.warnings]
+    return RunResult(verdict, state.results, usage, time.monotonic() - started, warnings)
 
 
 def render_prompts(workflow: Workflow, task: str, project: Project, *,
@@ -2461,7 +2544,9 @@ def parse_dotenv(text: str) -> tuple[dict[str, str], list[int]]:
     """`.env` text -> (variables, numbers of the lines that are not KEY=VALUE)."""
     values: dict[str, str] = {}
     bad: list[int] = []
-    for number, line in enumerate(text.splitlines(), 1):
+    # Only real line breaks count (str.splitlines() also breaks at U+2028 and friends).
+    for number, line in enumerate(text.lstrip("\ufeff").split("\n"), 1):
+        line = line.rstrip("\r")
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         found = _DOTENV_LINE.match(line)
@@ -2515,7 +2600,8 @@ def load_dotenv(project: Project) -> tuple[Env, list[str]]:
         if name not in env:             # variables already in the environment win
             env[name] = value
             env.dotenv.add(name)
-    return env, [f".env:{n}: not KEY=VALUE; the line was ignored" for n in bad]
+    shown = _relative(path)
+    return env, [f"{shown}:{n}: not KEY=VALUE; the line was ignored" for n in bad]
 
 
 def mask(value: str) -> str:
@@ -2527,8 +2613,11 @@ def write_dotenv_var(path: str, name: str, value: str | None) -> bool:
     """Set (or, with None, remove) `name` in the .env at `path` (mode 0600); True if it changed."""
     lines: list[str] = []
     if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
+        # Lines that are not UTF-8 are kept byte for byte (surrogateescape).
+        with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
+            lines = [line.rstrip("\r") for line in f.read().split("\n")]
+        while lines and not lines[-1]:
+            lines.pop()
     pattern = re.compile(rf"[ \t]*(?:export[ \t]+)?{name}[ \t]*=")
     kept = [line for line in lines if not pattern.match(line)]
     changed = len(kept) != len(lines)
@@ -2538,7 +2627,7 @@ def write_dotenv_var(path: str, name: str, value: str | None) -> bool:
         changed = True
     if changed:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+        with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape", newline="\n") as f:
             f.write("\n".join(kept) + ("\n" if kept else ""))
         os.chmod(path, 0o600)
     return changed
@@ -2712,11 +2801,6 @@ def _check_overrides(overrides: dict[str, str], workflow: Workflow, environ: dic
                              f"{model!r}", hint=_did_you_mean(split_model(model)[0],
                                                                PROVIDER_KEYS)
                              or "providers: " + ", ".join(PROVIDER_KEYS))
-
-
-def _relative(path: str) -> str:
-    rel = os.path.relpath(path)
-    return path if rel.startswith(".." + os.sep + "..") else rel
 
 
 def _find_root(args: argparse.Namespace, term: Term
@@ -3126,7 +3210,10 @@ def cmd_auth(args: argparse.Namespace, term: Term) -> int:
                          or "providers: " + ", ".join(AUTH_VARS))
     var = AUTH_VARS[provider]
     if args.action == "logout":
-        changed = os.path.exists(path) and write_dotenv_var(path, var, None)
+        try:
+            changed = os.path.exists(path) and write_dotenv_var(path, var, None)
+        except OSError as exc:
+            raise UsageError(f"cannot change {path}: {exc.strerror or exc}") from None
         term.status(f"aethr: removed {var} from {path}" if changed else
                     f"aethr: {var} was not in {path}; nothing changed")
         if term.environ.get(var):

@@ -23,7 +23,7 @@ VERSION_LINE = f"aethr {aethr.__version__}\n"
 COMMANDS = ("init", "run", "check", "version")
 PRESET_NAMES = ("add-tests", "custom", "debug-failing-test", "docs-sync",
                 "plan-implement-review", "review-existing-diff")
-LIVE_REFUSED = "are not available in aethr"
+LIVE_REFUSED = "is not set (needed for"  # live mode without a key: preflight, exit 2
 
 
 # -- helpers ----------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ DOCUMENTED_STATUS = [
      2, "`init` with no preset lists them and exits 2", "aethr init NAME"),
     (lambda a: a[:1] == ["run"] and "--show-prompt" not in a and "--help" not in a
      and "--" not in a and ("--live" in a or "--model" in a),
-     2, "this version refuses them with exit 2", "are not available in aethr"),
+     2, "this version refuses them with exit 2", "is not set (needed for"),
 ]
 
 

@@ -620,8 +620,15 @@ def test_failing_step_raises_step_failed(git_repo, monkeypatch):
     assert exc.step == "review"
     assert exc.exit_code == 3
     assert isinstance(exc, aethr.AethrError)
-    assert [e["event"] for e in events].count("run_end") == 0
+    # The run still ends with run_end (verdict failed), for --json consumers.
+    assert [e["event"] for e in events].count("run_end") == 1
+    assert events[-1]["event"] == "run_end" and events[-1]["verdict"] == "failed"
+    assert events[-1]["error"] == exc.message
     assert [e["step"] for e in ends(events)] == ["plan", "implement"]
+    # The checkpoint data: the completed steps and where to resume.
+    assert exc.checkpoint["next_step"] == 2
+    assert [r["step"] for r in exc.checkpoint["results"]] == ["plan", "implement"]
+    assert exc.checkpoint["partial"] == {"step": "review", "output": "", "incomplete": True}
 
 
 def test_failing_step_via_cli_exits_3(git_repo, monkeypatch, cli):
