@@ -371,6 +371,42 @@ class TermView:
                      "aethr auth login PROVIDER")
 
 
+class JsonView:
+    """`--json`: one JSON object per line on stdout (SPEC §2); no text stream, no colour."""
+
+    _QUIET = ("text", "reasoning", "progress", "warning")
+
+    def __init__(self, term: Term) -> None:
+        self.term = term
+        self._end: dict | None = None
+
+    def __call__(self, event: dict) -> None:
+        if event["event"] == "warning":
+            self.term.warn(event["message"])
+        if event["event"] in self._QUIET:
+            return
+        if event["event"] == "run_end" and event["verdict"] == "failed":
+            self._end = event           # written once the checkpoint path is known
+            return
+        self._write(event)
+
+    def _write(self, event: dict) -> None:
+        import json
+
+        art = event.get("artifact")
+        if art is not None and not isinstance(art, dict):
+            event = dict(event, artifact={
+                "files": [{"status": st, "path": p, "old_path": old} for st, p, old in art.files],
+                "stat": art.stat, "note": art.note})
+        self.term.write(json.dumps(event, ensure_ascii=False) + "\n")
+
+    def checkpoint(self, path: str | None) -> None:
+        """The run failed: its run_end names the checkpoint."""
+        if self._end is not None:
+            self._write(dict(self._end, checkpoint=path))
+            self._end = None
+
+
 # == 4. YAML-subset parser ====================================================
 
 # The accepted subset (SUBSET.md in the YAML conformance cases is the full definition):
@@ -2486,18 +2522,25 @@ def run_workflow(workflow: Workflow, task: str, *, root: str | Project = ".", li
 
 
 def render_prompts(workflow: Workflow, task: str, project: Project, *,
-                   models: dict[str, str] | None = None) -> Iterator[tuple[Step, str | None,
-                                                                           Prompt]]:
-    """Every step's prompt as it would be sent, each step once (for --show-prompt)."""
+                   models: dict[str, str] | None = None, resume: dict | None = None
+                   ) -> Iterator[tuple[Step, str | None, Prompt]]:
+    """Every step's prompt as it would be sent, each step once (for --show-prompt).
+
+    With `resume` (a checkpoint), only the remaining steps, with the real earlier results.
+    """
     environ, secrets = project.environ, secret_values(project.environ)
+    state = _RunState(resume)
     pending: list[str] = []
     implementer = None
-    for step in workflow.steps:
+    for step in workflow.steps[state.next:]:
         model = resolve_model(workflow, step, models, environ)
-        latest = None if implementer is None else (
+        latest: Artifact | str | None = state.latest() if implementer is None else (
             f"the artifact of step '{implementer}' appears here when the run happens")
         blocks = collect_context(step, project, latest)
-        yield step, model, build_prompt(workflow, task, step, blocks=blocks,
+        ctl = workflow.controller_of(step.index)
+        iteration = state.passes.get(ctl.index, 0) + 1 if ctl else 1
+        yield step, model, build_prompt(workflow, task, step, iteration=iteration,
+                                        history=state.results, blocks=blocks,
                                         pending=list(pending), secrets=secrets)
         pending.append(f"{step.id} ({step.role})")
         if step.backend == "opencode":
@@ -2719,6 +2762,13 @@ def build_parser(term: Term | None = None) -> tuple[_ArgParser, dict[str, _ArgPa
     group.add_argument("--workflow", metavar="FILE", help="the workflow file to run")
     group.add_argument("--preset", metavar="NAME", help="run a built-in preset")
     p.add_argument("--model", action="append", default=[], metavar="MODEL", help=model_help)
+    p.add_argument("--json", action="store_true",
+                   help="one JSON event per line on stdout (run_start … run_end)")
+    p.add_argument("--verbose", action="store_true", help="diagnostics on stderr")
+    p.add_argument("--resume-checkpoint", metavar="FILE",
+                   help="continue a failed or interrupted run from its checkpoint")
+    p.add_argument("--force", action="store_true",
+                   help="with --resume-checkpoint: accept a workflow that changed since")
 
     p = add("check", "validate the workflow and summarise it", cmd_check)
     group = p.add_mutually_exclusive_group()
@@ -2831,9 +2881,13 @@ def _find_root(args: argparse.Namespace, term: Term
         here = parent
 
 
-def _open_project(args: argparse.Namespace, term: Term) -> tuple[Project, str | None]:
+def _open_project(args: argparse.Namespace | None, term: Term, root: str | None = None
+                  ) -> tuple[Project, str | None]:
     """The project (with its .env loaded, SPEC §11) and the .aethr.yaml found, if any."""
-    root, probe, found = _find_root(args, term)
+    if root is None:
+        root, probe, found = _find_root(args, term)
+    else:
+        probe, found = git_probe(root, term.environ), None
     project = Project(root, term.environ, probe)
     env, warnings = load_dotenv(project)
     for warning in warnings:
@@ -2979,14 +3033,15 @@ def _read_task(args: argparse.Namespace, term: Term) -> str:
 
 
 def _show_prompts(workflow: Workflow, task: str, project: Project, overrides: dict[str, str],
-                  live: bool, term: Term) -> int:
+                  live: bool, term: Term, resume: dict | None = None) -> int:
     for step in workflow.steps:
         for source in step.context:
             if source.startswith("cmd:"):
                 term.note(f"--show-prompt runs the cmd: context of step '{step.id}': "
                           f"{source[4:].strip()}")
     total = len(workflow.steps)
-    for step, model, prompt in render_prompts(workflow, task, project, models=overrides):
+    for step, model, prompt in render_prompts(workflow, task, project, models=overrides,
+                                              resume=resume):
         term.write(f"=== step {step.index + 1}/{total}: {step.id} ({step.role}) -> "
                    f"{step_target(step, model, live)} ===\n")
         ctl = workflow.controller_of(step.index)
@@ -3001,6 +3056,10 @@ def _show_prompts(workflow: Workflow, task: str, project: Project, overrides: di
 
 def cmd_run(args: argparse.Namespace, term: Term) -> int:
     """aethr run: locate and validate the workflow, preflight, then run it."""
+    if args.resume_checkpoint:
+        return _resume(args, term)
+    if args.force:
+        raise UsageError("--force goes with --resume-checkpoint")
     overrides = _model_flags(args.model)
     env_bool(term.environ, "AETHR_LIVE")        # a bad value fails before anything else
     project, workflow = _locate(args, term)
@@ -3011,10 +3070,133 @@ def cmd_run(args: argparse.Namespace, term: Term) -> int:
     task = _read_task(args, term)
     if args.show_prompt:
         return _show_prompts(workflow, task, project, overrides, live, term)
-    result = run_workflow(workflow, task, root=project, live=live, models=overrides,
-                          env=project.environ, on_event=TermView(term))
-    if (args.preset or args.model) and workflow.preset:
+    saved = {"task": task, "mode": "live" if live else "mock", "models": overrides,
+             "workflow": _workflow_ref(workflow), "root": project.root}
+    result = _run_saving(args, term, workflow, project, saved, None)
+    if (args.preset or args.model) and workflow.preset and not args.json:
         _promote(workflow.preset, args.model, live, term)
+    return 1 if result.verdict == "revise" else 0
+
+
+def _workflow_ref(workflow: Workflow) -> dict:
+    import hashlib
+
+    return {"path": os.path.abspath(workflow.path) if workflow.path else None,
+            "preset": workflow.preset,
+            "sha256": hashlib.sha256(workflow.text.encode("utf-8")).hexdigest()}
+
+
+def _run_saving(args: argparse.Namespace, term: Term, workflow: Workflow, project: Project,
+                saved: dict, path: str | None) -> RunResult:
+    """Run; when a step fails or the run is stopped, write the checkpoint (SPEC §10)."""
+    view = JsonView(term) if args.json else TermView(term)
+    if args.verbose:
+        term.status(f"aethr: root {project.root}; workflow {workflow.source}; mode "
+                    f"{saved['mode']}")
+    try:
+        return run_workflow(workflow, saved["task"], root=project, live=saved["mode"] == "live",
+                            models=saved["models"], env=project.environ, on_event=view,
+                            resume=saved.get("state"))
+    except (StepFailed, KeyboardInterrupt, BrokenPipeError) as exc:
+        state = getattr(exc, "checkpoint", None)
+        if state is not None:
+            exc.checkpoint_path = _write_checkpoint(  # type: ignore[union-attr]
+                dict(saved, state=state), path, project, term, verbose=args.verbose,
+                json_view=view if args.json else None)
+        raise
+
+
+def _write_checkpoint(data: dict, path: str | None, project: Project, term: Term, *,
+                      verbose: bool, json_view: Any) -> str | None:
+    """Write a checkpoint (mode 0600, temp directory) and print the resume command."""
+    import json
+    import tempfile
+
+    data = {"aethr_checkpoint": 1, "aethr_version": __version__, **data}
+    text = redact(json.dumps(data, ensure_ascii=False, indent=1), project.secrets)
+    try:
+        if path is None:
+            fd, path = tempfile.mkstemp(prefix="aethr-checkpoint-", suffix=".json")
+        else:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+        os.chmod(path, 0o600)
+    except OSError as exc:
+        term.warn(f"could not write a checkpoint: {exc.strerror or exc} "
+                  f"({exc.filename or tempfile.gettempdir()})")
+        if json_view is not None:
+            json_view.checkpoint(None)
+        return None
+    path = os.path.realpath(path)
+    if json_view is not None:
+        json_view.checkpoint(path)
+    if verbose:
+        term.status(text)
+    return path
+
+
+def _resume_line(exc: BaseException, term: Term) -> None:
+    path = getattr(exc, "checkpoint_path", None)
+    if path:
+        import shlex
+
+        term.status(f"aethr: to resume: aethr run --resume-checkpoint {shlex.quote(path)}")
+
+
+def _load_checkpoint(path: str) -> dict:
+    import json
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise UsageError(f"checkpoint not found: {path}") from None
+    except IsADirectoryError:
+        raise UsageError(f"{path} is a directory, not a checkpoint") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read the checkpoint {path}: {exc.strerror or exc}") from None
+    except (UnicodeDecodeError, ValueError):
+        raise UsageError(f"{path} is not a valid checkpoint (corrupt JSON)") from None
+    keys = ("task", "mode", "models", "workflow", "root", "state")
+    if not isinstance(data, dict) or data.get("aethr_checkpoint") != 1 or \
+            any(k not in data for k in keys):
+        raise UsageError(f"{path} is not an aethr checkpoint")
+    return data
+
+
+def _resume(args: argparse.Namespace, term: Term) -> int:
+    """aethr run --resume-checkpoint FILE: continue where the failed run stopped."""
+    given = [name for name, value in (("a task", args.task), ("--live", args.live),
+                                      ("--model", args.model), ("--workflow", args.workflow),
+                                      ("--preset", args.preset)) if value]
+    if given:
+        raise UsageError(f"--resume-checkpoint takes no {given[0]}: the checkpoint holds it")
+    path = args.resume_checkpoint
+    saved = _load_checkpoint(path)
+    ref = saved["workflow"]
+    try:
+        root = saved["root"]
+        if not os.path.isdir(root):
+            raise UsageError(f"the checkpoint's project root is gone: {root}")
+        workflow = load_workflow(preset=ref["preset"]) if ref.get("preset") else \
+            load_workflow(ref["path"])
+        if _workflow_ref(workflow)["sha256"] != ref.get("sha256") and not args.force:
+            raise UsageError(f"{workflow.source} changed since the checkpoint was written",
+                             hint="--force resumes with the workflow as it is now")
+        if not 0 <= saved["state"]["next_step"] <= len(workflow.steps):
+            raise UsageError(f"{path} does not fit {workflow.source}")
+    except (KeyError, TypeError, AttributeError):
+        raise UsageError(f"{path} is not a valid checkpoint (missing fields)") from None
+    project, _ = _open_project(None, term, root)
+    live = saved["mode"] == "live"
+    preflight(workflow, project, live=live and not args.show_prompt, overrides=saved["models"])
+    if args.show_prompt:
+        return _show_prompts(workflow, saved["task"], project, saved["models"], live, term,
+                             resume=saved["state"])
+    term.note(f"resuming {workflow.source} at step {saved['state']['next_step'] + 1}")
+    result = _run_saving(args, term, workflow, project, saved, path)
+    os.unlink(path)                     # completed: nothing is left behind
     return 1 if result.verdict == "revise" else 0
 
 
@@ -3268,17 +3450,20 @@ def main(argv: list[str] | None = None, term: Term | None = None) -> int:
         return exc.status
     except AethrError as exc:
         term.error(exc, traceback=debug)
+        _resume_line(exc, term)
         return exc.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         term.status("aethr: interrupted")
+        _resume_line(exc, term)
         return 130
-    except BrokenPipeError:
+    except BrokenPipeError as exc:
         # `aethr run … | head -1`: stop quietly; keep Python from complaining at exit.
         if term.out is sys.stdout:
             try:
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             except (OSError, ValueError):
                 pass
+        _resume_line(exc, term)
         return 141
     except Exception:
         term.bug()

@@ -366,7 +366,9 @@ def test_debug_keeps_step_failure_exit_code(git_repo, cli, monkeypatch):
     res = cli("run", "x", env={"AETHR_DEBUG": "1"})
     assert res.code == 3
     assert "Traceback (most recent call last):" in res.err
-    assert res.err.splitlines()[-1] == "aethr: error: step 's' failed: the provider is down"
+    lines = res.err.splitlines()
+    assert lines[-2] == "aethr: error: step 's' failed: the provider is down"
+    assert lines[-1].startswith("aethr: to resume: aethr run --resume-checkpoint ")
 
 
 def test_debug_does_not_change_a_success(git_repo, cli):
