@@ -25,11 +25,12 @@ above it; any function may read section 13 data at call time:
 from __future__ import annotations
 
 import os
-import re
 import sys
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import argparse
+    import re
     from collections.abc import Callable, Iterator
     from typing import IO, Any
 
@@ -48,6 +49,36 @@ __all__ = [
 ]
 
 # == 1. Version and constants =================================================
+
+
+class _Regex:
+    """A regex compiled on first use: `aethr version` must not pay for importing re."""
+
+    __slots__ = ("_pattern", "_rx")
+
+    def __init__(self, pattern: str) -> None:
+        self._pattern = pattern
+        self._rx: Any = None
+
+    def _get(self) -> Any:
+        if self._rx is None:
+            import re
+
+            self._rx = re.compile(self._pattern)
+        return self._rx
+
+    def match(self, text: str, pos: int = 0) -> Any:
+        return self._get().match(text, pos)
+
+    def fullmatch(self, text: str, pos: int = 0) -> Any:
+        return self._get().fullmatch(text, pos)
+
+    def search(self, text: str, pos: int = 0) -> Any:
+        return self._get().search(text, pos)
+
+    def findall(self, text: str) -> list:
+        return self._get().findall(text)
+
 
 __version__ = "0.1.0"
 
@@ -88,8 +119,8 @@ NEVER_READ = (".env*", "*.pem", "*.key", "*.p12", "*.pfx", "id_rsa*", "id_ed2551
               ".netrc", ".npmrc", ".pypirc")
 
 #: The review-status line of SPEC §8 (the last matching line counts).
-REVIEW_STATUS_RE = re.compile(
-    r"^[\s>#*_`-]*review status\s*:\s*[*_`]*\s*(pass|revise)\b", re.IGNORECASE | re.MULTILINE)
+REVIEW_STATUS_RE = _Regex(
+    r"(?im)^[\s>#*_`-]*review status\s*:\s*[*_`]*\s*(pass|revise)\b")
 
 # == 2. Errors ================================================================
 
@@ -427,22 +458,22 @@ class JsonView:
 
 #: Characters outside YAML's printable set (line breaks are all "\n" by now). A BOM is
 #: printable but not allowed inside a document (YAML 1.2 nb-char), only at its start.
-_YAML_BAD_CHAR = re.compile(
+_YAML_BAD_CHAR = _Regex(
     r"[^\t\n\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufefe\uff00-\ufffd\U00010000-\U0010ffff]")
 #: A line that holds nothing: spaces, then maybe a comment.
-_YAML_BLANK = re.compile(r" *(?:#.*)?")
+_YAML_BLANK = _Regex(r" *(?:#.*)?")
 #: A document marker ("---" or "...") at the start of a line.
-_YAML_MARKER = re.compile(r"(?:---|\.\.\.)(?:[ \t]|\Z)")
-_YAML_SPACES = re.compile(r" *")
+_YAML_MARKER = _Regex(r"(?:---|\.\.\.)(?:[ \t]|\Z)")
+_YAML_SPACES = _Regex(r" *")
 #: The rest of a plain scalar after its first character (YAML 1.2 ns-plain-char plus inner
 #: spaces): ": " and a ":" that ends the line stop it, and so does " #"; in flow context the
 #: flow indicators stop it too. Tabs stop it as well, and are then reported.
-_YAML_PLAIN = re.compile(r"(?:[^ \t:#]|:(?=[^ \t])|(?<! )#| +(?=[^ \t:#]|:[^ \t]))*")
-_YAML_PLAIN_FLOW = re.compile(
+_YAML_PLAIN = _Regex(r"(?:[^ \t:#]|:(?=[^ \t])|(?<! )#| +(?=[^ \t:#]|:[^ \t]))*")
+_YAML_PLAIN_FLOW = _Regex(
     r"(?:[^ \t:#,\[\]{}]|:(?=[^ \t,\[\]{}])|(?<! )#| +(?=[^ \t:#,\[\]{}]|:[^ \t,\[\]{}]))*")
-_YAML_SINGLE = re.compile(r"'(?:[^']|'')*'")
+_YAML_SINGLE = _Regex(r"'(?:[^']|'')*'")
 #: A double-quoted scalar up to (not including) its closing quote.
-_YAML_DOUBLE = re.compile(r'"(?:[^"\\]|\\.)*')
+_YAML_DOUBLE = _Regex(r'"(?:[^"\\]|\\.)*')
 #: Characters that cannot start a plain scalar (YAML 1.2 c-indicator minus "-?:").
 _YAML_INDICATORS = frozenset("[]{},#&*!|>'\"%@`")
 _YAML_START_ERRORS = {
@@ -457,12 +488,12 @@ _YAML_ESCAPES = {
     "L": "\u2028", "P": "\u2029",
 }
 _YAML_HEX_ESCAPES = {"x": 2, "u": 4, "U": 8}
-_YAML_HEX = re.compile(r"[0-9a-fA-F]*")
+_YAML_HEX = _Regex(r"[0-9a-fA-F]*")
 _YAML_NULLS = frozenset(("~", "null", "Null", "NULL"))
 _YAML_BOOLS = {"true": True, "True": True, "TRUE": True,
                "false": False, "False": False, "FALSE": False}
 #: YAML 1.2.2 core schema (section 10.3.2): the plain scalars that are numbers.
-_YAML_NUMBER = re.compile(
+_YAML_NUMBER = _Regex(
     r"(?P<int>[-+]?[0-9]+)|0o(?P<oct>[0-7]+)|0x(?P<hex>[0-9a-fA-F]+)"
     r"|(?P<float>[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?)"
     r"|(?P<inf>[-+]?\.(?:inf|Inf|INF))|(?P<nan>\.(?:nan|NaN|NAN))")
@@ -977,7 +1008,7 @@ _BACKENDS = ("model", "opencode")
 _HISTORY = ("all", "latest", "summary", "none")
 _SOURCES = ("git_diff", "latest_diff", "file", "glob", "cmd")
 #: A step id is one word: it names the step in headers and `## STEP-ID` lines.
-_STEP_ID_RE = re.compile(r"[^\s\x00-\x1f\x7f-\x9f]+\Z")
+_STEP_ID_RE = _Regex(r"[^\s\x00-\x1f\x7f-\x9f]+\Z")
 
 
 class Repeat:
@@ -1067,6 +1098,8 @@ def _describe(value: object) -> str:
 
 def _source_problem(text: str) -> tuple[str, str | None] | None:
     """What is wrong with a context source, as (message, hint), or None."""
+    import re
+
     kind, colon, arg = text.partition(":")
     if kind not in _SOURCES:
         return (f"unknown context source {text!r}",
@@ -1098,6 +1131,8 @@ def _glob_regex(pattern: str) -> re.Pattern[str]:
 
     Aethr's own translation: pathlib's matching differs between Python versions.
     """
+    import re
+
     while pattern.startswith("./"):
         pattern = pattern[2:]
     parts = pattern.split("/")
@@ -1669,6 +1704,8 @@ def git_probe(cwd: str, environ: dict[str, str]) -> tuple[str | None, str | None
 
     All None outside a repository (or without git); HEAD is None before the first commit.
     """
+    import re
+
     try:
         out = _git(["rev-parse", "--show-toplevel", "--absolute-git-dir", "HEAD"], cwd, environ,
                    check=False)[0]
@@ -1799,6 +1836,8 @@ def _never_read(rel: str) -> bool:
 
 def _hide_secret_files(diff: str) -> str:
     """A diff with the patches of never-read files replaced by a note (the stat keeps names)."""
+    import re
+
     out, hiding = [], False
     for line in diff.split("\n"):
         if line.startswith("diff --git "):
@@ -2571,7 +2610,7 @@ def wants_live(flag: bool, overrides: dict[str, str], environ: dict[str, str]) -
 AUTH_VARS = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY",
              "gemini": "GOOGLE_API_KEY", "google": "GOOGLE_API_KEY",
              "openrouter": "OPENROUTER_API_KEY", "xai": "XAI_API_KEY"}
-_DOTENV_LINE = re.compile(r"[ \t]*(?:export[ \t]+)?([A-Za-z_][A-Za-z0-9_]*)[ \t]*=[ \t]*(.*)\Z")
+_DOTENV_LINE = _Regex(r"[ \t]*(?:export[ \t]+)?([A-Za-z_][A-Za-z0-9_]*)[ \t]*=[ \t]*(.*)\Z")
 _DOTENV_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", '"': '"', "\\": "\\", "$": "$"}
 
 
@@ -2606,6 +2645,8 @@ def parse_dotenv(text: str) -> tuple[dict[str, str], list[int]]:
 
 
 def _dotenv_value(raw: str) -> str | None:
+    import re
+
     if raw[:1] == "'":
         end = raw.find("'", 1)
         rest = raw[end + 1:].strip() if end > 0 else "x"
@@ -2654,6 +2695,8 @@ def mask(value: str) -> str:
 
 def write_dotenv_var(path: str, name: str, value: str | None) -> bool:
     """Set (or, with None, remove) `name` in the .env at `path` (mode 0600); True if it changed."""
+    import re
+
     lines: list[str] = []
     if os.path.exists(path):
         # Lines that are not UTF-8 are kept byte for byte (surrogateescape).
@@ -2678,8 +2721,6 @@ def write_dotenv_var(path: str, name: str, value: str | None) -> bool:
 
 # == 12. Commands and CLI =====================================================
 
-import argparse  # noqa: E402  (every command needs it; nothing above does)
-
 _TASK_TEMPLATE = (
     "",
     "# Write the task for this aethr run above these lines, then save and close the file.",
@@ -2695,31 +2736,50 @@ class _Exit(Exception):
         self.status = status
 
 
-class _ArgParser(argparse.ArgumentParser):
-    """argparse that writes through a Term and never calls sys.exit."""
+def _parser_class() -> type:
+    """argparse, subclassed to write through a Term and never call sys.exit.
 
-    def __init__(self, *args: Any, term: Term | None = None, **kw: Any) -> None:
-        kw.setdefault("allow_abbrev", False)    # run x --show must not mean --show-prompt
-        self.term = term or Term()
-        try:    # Python 3.14+ colours help and errors: same decision as ours (SPEC §9)
-            super().__init__(*args, color=self.term.color(self.term.err), **kw)
-        except TypeError:
-            super().__init__(*args, **kw)
+    Built on first use: `aethr version` and `init --list` must not import argparse.
+    """
+    global _ARGPARSER
+    if _ARGPARSER is not None:
+        return _ARGPARSER
+    import argparse
 
-    def _print_message(self, message: str, file: Any = None) -> None:
-        if message:
-            stream = self.term.err if file is sys.stderr else self.term.out
-            stream.write(message)
-            stream.flush()
+    class _ArgParser(argparse.ArgumentParser):
+        """argparse that writes through a Term and never calls sys.exit."""
 
-    def exit(self, status: int = 0, message: str | None = None) -> None:  # type: ignore[override]
-        if message:
-            self._print_message(message, sys.stderr)
-        raise _Exit(status)
+        def __init__(self, *args: Any, term: Term | None = None, **kw: Any) -> None:
+            kw.setdefault("allow_abbrev", False)    # run x --show must not mean --show-prompt
+            self.term = term or Term()
+            try:    # Python 3.14+ colours help and errors: same decision as ours (SPEC §9)
+                super().__init__(*args, color=self.term.color(self.term.err), **kw)
+            except TypeError:
+                super().__init__(*args, **kw)
+
+        def _print_message(self, message: str, file: Any = None) -> None:
+            if message:
+                stream = self.term.err if file is sys.stderr else self.term.out
+                stream.write(message)
+                stream.flush()
+
+        def exit(self, status: int = 0, message: str | None = None) -> None:  # type: ignore
+            if message:
+                self._print_message(message, sys.stderr)
+            raise _Exit(status)
+
+    _ARGPARSER = _ArgParser
+    return _ArgParser
 
 
-def build_parser(term: Term | None = None) -> tuple[_ArgParser, dict[str, _ArgParser]]:
+_ARGPARSER: type | None = None
+
+
+def build_parser(term: Term | None = None) -> tuple[Any, dict[str, Any]]:
     """The top-level parser and one parser per command."""
+    import argparse
+
+    _ArgParser = _parser_class()
     common = _ArgParser(add_help=False, term=term)
     common.add_argument("--no-color", action="store_true", help="no colour in the output")
     top = _ArgParser(prog="aethr", parents=[common], term=term,
@@ -3213,8 +3273,11 @@ def _promote(preset: str, model_flags: list[str], live: bool, term: Term) -> Non
 
 
 def _preset_description(text: str) -> str:
-    found = re.search(r"^description:[ \t]*(.*?)[ \t]*$", text, re.MULTILINE)
-    return found.group(1).strip("'\"") if found else ""
+    # A plain scan, not a regex: `init --list` must not import re (SPEC §12).
+    for line in text.split("\n"):
+        if line.startswith("description:"):
+            return line[len("description:"):].strip().strip("'\"")
+    return ""
 
 
 def _list_presets(stream: Any) -> None:
@@ -3344,6 +3407,8 @@ def cmd_check(args: argparse.Namespace, term: Term) -> int:
 
 
 def _read_key(args: argparse.Namespace, term: Term, var: str) -> str:
+    import re
+
     if args.key_stdin:
         try:
             key = term.inp.read()
@@ -3442,6 +3507,14 @@ def main(argv: list[str] | None = None, term: Term | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = False
     try:
+        # `version` and `init --list` answer before argparse is even imported (SPEC §12).
+        words = [a for a in argv if a != "--no-color"]
+        if words in (["version"], ["--version"]):
+            term.write(f"aethr {__version__}\n")
+            return 0
+        if words == ["init", "--list"]:
+            _list_presets(term.out)
+            return 0
         args = _parse_args(argv, term)
         term.no_color = args.no_color
         debug = env_bool(term.environ, "AETHR_DEBUG")

@@ -1039,8 +1039,8 @@ def test_unexpected_exception_is_a_bug(cli, monkeypatch):
         calls.append(args)
         raise RuntimeError("kaboom in the version command")
 
-    monkeypatch.setattr(aethr, "cmd_version", broken)
-    r = cli("version")
+    monkeypatch.setattr(aethr, "cmd_check", broken)
+    r = cli("check")
     assert calls, "the patched command was not the one run"
     assert r.code == 70, r
     assert "Traceback (most recent call last)" in r.err
@@ -1057,8 +1057,8 @@ def test_unexpected_exception_subprocess(tmp_path):
         import aethr
         def broken(args, term):
             raise RuntimeError("kaboom in a subprocess")
-        aethr.cmd_version = broken
-        sys.exit(aethr.main(["version"]))
+        aethr.cmd_check = broken
+        sys.exit(aethr.main(["check"]))
         """)
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
                           text=True, timeout=60)

@@ -230,39 +230,39 @@ def _raising(exc):
     (aethr.AethrError("a"), 3),
 ])
 def test_main_maps_aethr_errors_to_their_codes(monkeypatch, cli, exc, code):
-    monkeypatch.setattr(aethr, "cmd_version", _raising(exc))
-    res = cli("version")
+    monkeypatch.setattr(aethr, "cmd_check", _raising(exc))
+    res = cli("check")
     assert res.code == code
     assert "Traceback" not in res.err
     assert res.err.splitlines()[-1] == f"aethr: error: {exc.message}"
 
 
 def test_main_prints_message_and_hint(monkeypatch, cli):
-    monkeypatch.setattr(aethr, "cmd_version",
+    monkeypatch.setattr(aethr, "cmd_check",
                         _raising(aethr.GitError("git failed: bad revision", hint="fetch it")))
-    res = cli("version")
+    res = cli("check")
     assert res.code == 3
     assert res.err == "aethr: error: git failed: bad revision\naethr: hint: fetch it\n"
     assert res.out == ""
 
 
 def test_main_keyboard_interrupt_is_130(monkeypatch, cli):
-    monkeypatch.setattr(aethr, "cmd_version", _raising(KeyboardInterrupt()))
-    res = cli("version")
+    monkeypatch.setattr(aethr, "cmd_check", _raising(KeyboardInterrupt()))
+    res = cli("check")
     assert res.code == 130
     assert "Traceback" not in res.err
 
 
 def test_main_broken_pipe_is_141_and_quiet(monkeypatch, cli):
-    monkeypatch.setattr(aethr, "cmd_version", _raising(BrokenPipeError()))
-    res = cli("version")
+    monkeypatch.setattr(aethr, "cmd_check", _raising(BrokenPipeError()))
+    res = cli("check")
     assert res.code == 141
     assert "error" not in res.err and "Traceback" not in res.err
 
 
 def test_main_unexpected_exception_is_a_bug(monkeypatch, cli):
-    monkeypatch.setattr(aethr, "cmd_version", _raising(ValueError("kaboom")))
-    res = cli("version")
+    monkeypatch.setattr(aethr, "cmd_check", _raising(ValueError("kaboom")))
+    res = cli("check")
     assert res.code == 70
     assert res.err.startswith("Traceback (most recent call last):\n")
     assert "ValueError: kaboom" in res.err
@@ -280,9 +280,9 @@ def test_main_bug_in_a_real_process(tmp_path):
         "import aethr\n"
         "def broken(args, term):\n"
         "    return {}['missing']\n"
-        "aethr.cmd_version = broken\n"
+        "aethr.cmd_check = broken\n"
         "sys.exit(aethr.main())\n")
-    proc = subprocess.run([sys.executable, str(driver), "version"], capture_output=True,
+    proc = subprocess.run([sys.executable, str(driver), "check"], capture_output=True,
                           text=True, encoding="utf-8", timeout=60)
     assert proc.returncode == 70, proc.stderr
     assert "Traceback (most recent call last):" in proc.stderr
