@@ -385,7 +385,7 @@ class TermView:
         t.status(t.glyph("bottom") + t.paint(t.glyph("dot").join(parts), "dim"))
 
     def _on_run_end(self, e: dict) -> None:
-        if e["verdict"] == "failed":
+        if e["verdict"] in ("failed", "interrupted"):
             return                      # main() reports the failure itself
         t, dot = self.term, self.term.glyph("dot")
         verdict = e["verdict"]
@@ -416,7 +416,7 @@ class JsonView:
             self.term.warn(event["message"])
         if event["event"] in self._QUIET:
             return
-        if event["event"] == "run_end" and event["verdict"] == "failed":
+        if event["event"] == "run_end" and event["verdict"] in ("failed", "interrupted"):
             self._end = event           # written once the checkpoint path is known
             return
         self._write(event)
@@ -2010,8 +2010,9 @@ def run_shell(command: str, cwd: str, environ: dict[str, str], timeout: float
                for a in ((proc.stdout, out), (proc.stderr, err))]
     for t in threads:
         t.start()
+    status: int | None = None
     try:
-        status: int | None = proc.wait(timeout=timeout)
+        status = proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         status = None
     except BaseException:           # Ctrl-C: no orphan left behind
@@ -2447,13 +2448,16 @@ class _RunState:
     def latest(self) -> Artifact | None:
         return next((r.artifact for r in reversed(self.results) if r.artifact is not None), None)
 
-    def checkpoint(self, step: Step) -> dict:
-        """The run's state at a failed or interrupted step (SPEC §10; the CLI adds the rest)."""
+    def checkpoint(self, step: Step | None) -> dict:
+        """The run's state where it stopped (SPEC §10; the CLI adds the rest).
+
+        `step` is the step that did not complete, if the run stopped inside one.
+        """
+        partial = None if step is None else {"step": step.id, "output": "".join(self.partial),
+                                             "incomplete": True}
         return {"next_step": self.next, "results": [result_dict(r) for r in self.results],
                 "loop_passes": {str(k): v for k, v in self.passes.items()},
-                "loop_ran_out": self.exhausted,
-                "partial": {"step": step.id, "output": "".join(self.partial),
-                            "incomplete": True}}
+                "loop_ran_out": self.exhausted, "partial": partial}
 
 
 def run_workflow(workflow: Workflow, task: str, *, root: str | Project = ".", live: bool = False,
@@ -2474,8 +2478,6 @@ def run_workflow(workflow: Workflow, task: str, *, root: str | Project = ".", li
     overrides, secrets, steps = models or {}, secret_values(environ), workflow.steps
     mode = "live" if live else "mock"
     state = _RunState(resume)
-    emit({"event": "run_start", "schema": 1, "workflow": workflow.name,
-          "source": workflow.source, "steps": [s.id for s in steps], "mode": mode})
     started = time.monotonic()
     usage: dict = {}
     for r in state.results:
@@ -2486,78 +2488,98 @@ def run_workflow(workflow: Workflow, task: str, *, root: str | Project = ".", li
               "steps_run": len(state.results), "usage": usage,
               "duration": time.monotonic() - started, **extra})
 
-    # 1. One loop over the steps; a loop controller may send it back to `back_to`.
-    while state.next < len(steps):
-        i = state.next
-        step = steps[i]
-        ctl = workflow.controller_of(i)
-        iteration = state.passes.get(ctl.index, 0) + 1 if ctl else 1
-        model = resolve_model(workflow, step, overrides, environ)
-        emit({"event": "step_start", "step": step.id, "role": step.role, "number": i + 1,
-              "total": len(steps), "model": model, "backend": step.backend,
-              "where": step_target(step, model, live), "iteration": iteration,
-              "max_iterations": ctl.repeat.max_iterations if ctl else None})
-        step_warnings: list[str] = []
-        state.partial = []
-
-        def step_emit(event: dict) -> None:
-            if event["event"] == "warning":
-                step_warnings.append(event["message"])  # noqa: B023 (used in this pass only)
-            elif event["event"] == "text":
-                state.partial.append(event["text"])
-            emit(event)
-
-        t0 = time.monotonic()
-        # 2. Context is collected each time a step runs: the tree as it is now.
-        try:
-            blocks = collect_context(step, project, state.latest())
-            prompt = build_prompt(workflow, task, step, iteration=iteration,
-                                  history=state.results, blocks=blocks, secrets=secrets)
-            backend = (OpenCodeBackend if step.backend == "opencode" else ModelBackend)(
-                environ, live=live, project=project)
-            text, step_usage, artifact = backend.run(prompt, model,
-                                                     workflow.roles.get(step.role, ""),
-                                                     step_emit)
-        except AethrError as exc:
-            failed = StepFailed(f"step '{step.id}' failed: {exc.message}", hint=exc.hint,
-                                step=step.id, checkpoint=state.checkpoint(step))
-            end("failed", error=failed.message)
-            raise failed from exc
-        except BaseException as exc:    # Ctrl-C, a closed stdout: keep what was done
-            exc.checkpoint = state.checkpoint(step)  # type: ignore[attr-defined]
-            raise
-        result = StepResult(step=step.id, role=step.role, backend=step.backend,
-                            iteration=iteration, text=text, review_status=review_status(text),
-                            artifact=artifact, usage=step_usage, model=model,
-                            duration=time.monotonic() - t0, warnings=step_warnings)
-        state.results.append(result)
-        _add_usage(usage, step_usage)
-        # 3. A loop controller decides: go on, go back, or give up with a warning.
-        again = False
-        if step.repeat:
-            state.passes[i] = state.passes.get(i, 0) + 1
-            done, warning = _loop_verdict(step, result)
-            if warning:
-                step_emit({"event": "warning", "step": step.id, "message": warning})
-            if not done and state.passes[i] < step.repeat.max_iterations:
-                again = True
-            elif not done:
-                state.exhausted = True
-                step_emit({"event": "warning", "step": step.id, "message":
-                           f"step '{step.id}' did not pass after "
-                           f"{_plural(step.repeat.max_iterations, 'iteration')}; continuing, "
-                           "and the verdict is revise"})
-        emit({"event": "step_end", "step": step.id, "role": step.role, "iteration": iteration,
-              "output": text, "usage": step_usage, "duration": result.duration,
-              "review_status": result.review_status, "artifact": artifact,
-              "warnings": step_warnings})
-        state.next = workflow.step_index(step.repeat.back_to) if again else i + 1
-    # 4. The verdict: revise if a loop ran out, else the last review status given.
-    statuses = [r.review_status for r in state.results if r.review_status]
-    verdict = "revise" if state.exhausted else (statuses[-1] if statuses else "pass")
-    end(verdict)
+    running: Step | None = None        # the step under way, for the checkpoint
+    try:
+        emit({"event": "run_start", "schema": 1, "workflow": workflow.name,
+              "source": workflow.source, "steps": [s.id for s in steps], "mode": mode})
+        # 1. One loop over the steps; a loop controller may send it back to `back_to`.
+        while state.next < len(steps):
+            running = step = steps[state.next]
+            state.partial = []
+            result = _run_step(workflow, task, step, state, project, overrides, secrets,
+                               live, emit)
+            _add_usage(usage, result.usage)
+            running = None
+            emit({"event": "step_end", "step": step.id, "role": step.role,
+                  "iteration": result.iteration, "output": result.text, "usage": result.usage,
+                  "duration": result.duration, "review_status": result.review_status,
+                  "artifact": result.artifact, "warnings": result.warnings})
+        # 4. The verdict: revise if a loop ran out, else the last review status given.
+        statuses = [r.review_status for r in state.results if r.review_status]
+        verdict = "revise" if state.exhausted else (statuses[-1] if statuses else "pass")
+        end(verdict)
+    except AethrError as exc:
+        failed = StepFailed(f"step '{running.id}' failed: {exc.message}" if running else
+                            exc.message, hint=exc.hint, step=running.id if running else "",
+                            checkpoint=state.checkpoint(running))
+        end("failed", error=failed.message)
+        raise failed from exc
+    except BaseException as exc:        # Ctrl-C, a closed stdout: keep what was done
+        exc.checkpoint = state.checkpoint(running)  # type: ignore[attr-defined]
+        if isinstance(exc, KeyboardInterrupt):
+            try:
+                end("interrupted")
+            except Exception:           # noqa: BLE001 (the interruption is what matters)
+                pass
+        raise
     warnings = [w for r in state.results for w in r.warnings]
     return RunResult(verdict, state.results, usage, time.monotonic() - started, warnings)
+
+
+def _run_step(workflow: Workflow, task: str, step: Step, state: _RunState, project: Project,
+              overrides: dict[str, str], secrets: list[str], live: bool,
+              emit: Callable[[dict], None]) -> StepResult:
+    """Run one step, record it in `state` and decide where the run goes next."""
+    import time
+
+    i = step.index
+    ctl = workflow.controller_of(i)
+    iteration = state.passes.get(ctl.index, 0) + 1 if ctl else 1
+    model = resolve_model(workflow, step, overrides, project.environ)
+    emit({"event": "step_start", "step": step.id, "role": step.role, "number": i + 1,
+          "total": len(workflow.steps), "model": model, "backend": step.backend,
+          "where": step_target(step, model, live), "iteration": iteration,
+          "max_iterations": ctl.repeat.max_iterations if ctl else None})
+    warnings: list[str] = []
+
+    def step_emit(event: dict) -> None:
+        if event["event"] == "warning":
+            warnings.append(event["message"])
+        elif event["event"] == "text":
+            state.partial.append(event["text"])
+        emit(event)
+
+    t0 = time.monotonic()
+    # 2. Context is collected each time a step runs: the tree as it is now.
+    blocks = collect_context(step, project, state.latest())
+    prompt = build_prompt(workflow, task, step, iteration=iteration, history=state.results,
+                          blocks=blocks, secrets=secrets)
+    backend = (OpenCodeBackend if step.backend == "opencode" else ModelBackend)(
+        project.environ, live=live, project=project)
+    text, usage, artifact = backend.run(prompt, model, workflow.roles.get(step.role, ""),
+                                        step_emit)
+    result = StepResult(step=step.id, role=step.role, backend=step.backend,
+                        iteration=iteration, text=text, review_status=review_status(text),
+                        artifact=artifact, usage=usage, model=model,
+                        duration=time.monotonic() - t0, warnings=warnings)
+    # 3. A loop controller decides: go on, go back, or give up with a warning.
+    again = False
+    if step.repeat:
+        passes = state.passes[i] = state.passes.get(i, 0) + 1
+        done, warning = _loop_verdict(step, result)
+        if warning:
+            step_emit({"event": "warning", "step": step.id, "message": warning})
+        if not done and passes < step.repeat.max_iterations:
+            again = True
+        elif not done:
+            state.exhausted = True
+            step_emit({"event": "warning", "step": step.id, "message":
+                       f"step '{step.id}' did not pass after "
+                       f"{_plural(step.repeat.max_iterations, 'iteration')}; continuing, "
+                       "and the verdict is revise"})
+    state.results.append(result)
+    state.next = workflow.step_index(step.repeat.back_to) if again else i + 1
+    return result
 
 
 def render_prompts(workflow: Workflow, task: str, project: Project, *,
@@ -3172,8 +3194,9 @@ def _write_checkpoint(data: dict, path: str | None, project: Project, term: Term
     import json
     import tempfile
 
-    data = {"aethr_checkpoint": 1, "aethr_version": __version__, **data}
-    text = redact(json.dumps(data, ensure_ascii=False, indent=1), project.secrets)
+    data = _redact_data({"aethr_checkpoint": 1, "aethr_version": __version__, **data},
+                        project.secrets)
+    text = json.dumps(data, ensure_ascii=False, indent=1)
     try:
         if path is None:
             fd, path = tempfile.mkstemp(prefix="aethr-checkpoint-", suffix=".json")
@@ -3194,6 +3217,17 @@ def _write_checkpoint(data: dict, path: str | None, project: Project, term: Term
     if verbose:
         term.status(text)
     return path
+
+
+def _redact_data(obj: Any, secrets: list[str]) -> Any:
+    """Every string in `obj` redacted: before JSON escaping could hide a secret's text."""
+    if isinstance(obj, str):
+        return redact(obj, secrets)
+    if isinstance(obj, dict):
+        return {k: _redact_data(v, secrets) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_redact_data(v, secrets) for v in obj]
+    return obj
 
 
 def _resume_line(exc: BaseException, term: Term) -> None:
@@ -3231,7 +3265,8 @@ def _resume(args: argparse.Namespace, term: Term) -> int:
                                       ("--model", args.model), ("--workflow", args.workflow),
                                       ("--preset", args.preset)) if value]
     if given:
-        raise UsageError(f"--resume-checkpoint takes no {given[0]}: the checkpoint holds it")
+        raise UsageError(f"--resume-checkpoint cannot be combined with {given[0]}: the "
+                         "checkpoint holds it")
     path = args.resume_checkpoint
     saved = _load_checkpoint(path)
     ref = saved["workflow"]
@@ -3255,6 +3290,7 @@ def _resume(args: argparse.Namespace, term: Term) -> int:
         return _show_prompts(workflow, saved["task"], project, saved["models"], live, term,
                              resume=saved["state"])
     term.note(f"resuming {workflow.source} at step {saved['state']['next_step'] + 1}")
+    saved["workflow"] = _workflow_ref(workflow)     # after --force, the text as it is now
     result = _run_saving(args, term, workflow, project, saved, path)
     os.unlink(path)                     # completed: nothing is left behind
     return 1 if result.verdict == "revise" else 0
