@@ -14,7 +14,7 @@ Standard library only: works copied alone (python3 aethr.py ...), installed
 
 Sections (grep "# == N." to jump). Code in a section uses only the sections
 above it; any function may read section 13 data at call time:
-  1. Version and constants        8. Providers (interface, mock)
+  1. Version and constants        8. Providers (HTTP, SSE streaming, mock)
   2. Errors                       9. Backends (model, OpenCode) and artifacts
   3. Terminal output             10. Runner (steps, loops, events)
   4. YAML-subset parser          11. Environment (booleans, secrets)
@@ -31,7 +31,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
     import re
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable, Iterable, Iterator
     from typing import IO, Any
 
 __all__ = [
@@ -365,6 +365,15 @@ class TermView:
 
     def _on_warning(self, e: dict) -> None:
         self.term.warn(e["message"])
+
+    def _on_reasoning(self, e: dict) -> None:
+        # Thinking is not the answer (SPEC §6): dimmed on stderr, and only on a terminal.
+        if self.term.isatty(self.term.err):
+            self.term.err.write(self.term.paint(e["text"], "dim"))
+            self.term.err.flush()
+
+    def _on_progress(self, e: dict) -> None:
+        self.term.status(self.term.paint(f"  {e['message']}", "dim"))
 
     def _on_step_end(self, e: dict) -> None:
         if not self._at_line_start:
@@ -2189,7 +2198,7 @@ def review_status(text: str) -> str | None:
     return found[-1].lower() if found else None
 
 
-# == 8. Providers (interface, mock) ===========================================
+# == 8. Providers (HTTP, SSE streaming, mock) ================================
 
 
 class Provider:
@@ -2257,26 +2266,1053 @@ class MockProvider(Provider):
         yield "usage", {}
 
 
-#: Live providers by name (filled by the live clients); mock mode needs none.
-PROVIDERS: dict[str, type[Provider]] = {}
+#: Provider -> (the variable that replaces its base URL, the default base) (SPEC §6).
+PROVIDER_BASES = {
+    "openai": ("OPENAI_BASE_URL", "https://api.openai.com/v1"),
+    "anthropic": ("ANTHROPIC_BASE_URL", "https://api.anthropic.com"),
+    "gemini": ("GOOGLE_GEMINI_BASE_URL", "https://generativelanguage.googleapis.com"),
+    "openrouter": ("OPENROUTER_BASE_URL", "https://openrouter.ai/api/v1"),
+    "xai": ("XAI_BASE_URL", "https://api.x.ai/v1"),
+    "ollama": ("OLLAMA_HOST", "http://127.0.0.1:11434"),
+}
+#: Seconds to open a connection: TCP, a proxy's tunnel and the TLS handshake.
+CONNECT_TIMEOUT = 10.0
+#: Default AETHR_TIMEOUT: seconds for a response to start and between two chunks; a local
+#: model can take minutes to load before its first token.
+READ_TIMEOUT = 600.0
+#: Default AETHR_MAX_RETRIES.
+MAX_RETRIES = 2
+#: A server that asks to wait longer than this (seconds) before a retry is not waited for.
+MAX_RETRY_WAIT = 60.0
+#: Statuses worth retrying (SPEC §6); 529 is Anthropic's "overloaded".
+RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
+#: Ollama context sizes: num_ctx is rounded up to one of these, since every new value
+#: makes Ollama reload the model.
+OLLAMA_CONTEXTS = (8192, 16384, 32768, 65536, 131072)
+#: Output tokens to leave room for in num_ctx when a step sets no max_tokens.
+OLLAMA_OUTPUT_ALLOWANCE = 4096
+#: Bytes of an error body kept: enough for any provider's message, never a whole page.
+_HTTP_ERROR_BODY = 64 * 1024
+#: Provider error ids meaning "pay first" (OpenAI, Anthropic): retrying cannot help.
+_BILLING_IDS = ("insufficient_quota", "billing_error", "enforced_spend_limit_reached")
+
+
+class ProviderError(AethrError):
+    """A model provider failed: `.provider`, `.status` (HTTP, or None), `.retryable`, `.billing`.
+
+    `.retry_after` is the wait in seconds the server asked for, when it asked.
+    """
+
+    exit_code = 3
+
+    def __init__(self, message: str, *, hint: str | None = None, provider: str = "",
+                 status: int | None = None, retryable: bool = False, billing: bool = False,
+                 retry_after: float | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.provider = provider
+        self.status = status
+        self.retryable = retryable
+        self.billing = billing
+        self.retry_after = retry_after
+
+
+def key_source(environ: dict[str, str], name: str) -> str:
+    """Where variable `name` came from: ".env" or "the environment"."""
+    return ".env" if name in getattr(environ, "dotenv", ()) else "the environment"
+
+
+def provider_key(provider: str, environ: dict[str, str]) -> tuple[str, str] | None:
+    """(variable, value) of the provider's first non-empty key variable, or None."""
+    for name in PROVIDER_KEYS.get(provider, ()):
+        value = environ.get(name, "").strip()
+        if value:
+            return name, value
+    return None
+
+
+def _openai_self_hosted(environ: dict[str, str]) -> bool:
+    """True when OPENAI_BASE_URL points at another host than OpenAI's (its key is optional)."""
+    from urllib.parse import urlsplit
+
+    base = environ.get("OPENAI_BASE_URL", "").strip()
+    default = urlsplit(PROVIDER_BASES["openai"][1]).hostname
+    return bool(base) and (urlsplit(base).hostname or "").lower() != default
 
 
 def provider_problems(model: str, environ: dict[str, str]) -> list[tuple[str, str | None]]:
-    """What stops a live call to `model`: (message, hint) pairs for the preflight."""
-    provider = split_model(model)[0]
-    if provider not in PROVIDER_KEYS:
+    """What stops a live call to `model` before any request: (message, hint) pairs."""
+    provider, name = split_model(model)
+    cls = PROVIDERS.get(provider)
+    if cls is None:
         return [(f"unknown provider {provider!r} in model {model!r}",
-                 "providers: " + ", ".join(PROVIDER_KEYS))]
-    names = PROVIDER_KEYS[provider]
-    default = {"openai": "https://api.openai.com/v1"}.get(provider)
-    custom = default and environ.get("OPENAI_BASE_URL", default).rstrip("/") != default
-    if names and not custom and not any(environ.get(n) for n in names):
-        return [(f"{' or '.join(names)} is not set (needed for {model})",
-                 f"aethr auth login {provider}, or export {names[0]}")]
-    if provider not in PROVIDERS:
-        return [(f"live calls to {provider} are not available in aethr {__version__} yet",
-                 "run without --live for a mock run")]
-    return []
+                 "providers: " + ", ".join(PROVIDERS))]
+    if not name:
+        return [(f"model {model!r} names no model after '{provider}:'",
+                 f"write it as {provider}:MODEL")]
+    problems: list[tuple[str, str | None]] = []
+    client = cls(model, environ)
+    # Any Provider may be registered (tests do); only HTTP clients have a base URL to check.
+    optional = not PROVIDER_KEYS.get(provider)
+    if isinstance(client, _HTTPProvider):
+        try:
+            client.base_url()
+        except UsageError as exc:
+            problems.append((exc.message, exc.hint))
+        optional = client.key_optional()
+    if not optional and provider_key(provider, environ) is None:
+        names = PROVIDER_KEYS[provider]
+        wanted = names[0] + "".join(f" (or {n})" for n in names[1:])
+        problems.append((f"no API key for {model}: set {wanted}",
+                         f"run: aethr auth login {provider}"))
+    return problems
+
+
+def http_settings(environ: dict[str, str]) -> tuple[float, int]:
+    """(AETHR_TIMEOUT seconds, AETHR_MAX_RETRIES), read strictly: a bad value is a UsageError."""
+    timeout, retries = READ_TIMEOUT, MAX_RETRIES
+    raw = environ.get("AETHR_TIMEOUT", "").strip()
+    if raw:
+        try:
+            timeout = float(raw)
+        except ValueError:
+            timeout = -1.0
+        # `not 0 < x < inf` also refuses nan.
+        if not 0 < timeout < float("inf"):
+            raise UsageError(f"AETHR_TIMEOUT must be a number of seconds above 0, not {raw!r}",
+                             hint="for example AETHR_TIMEOUT=600 (the default)")
+    raw = environ.get("AETHR_MAX_RETRIES", "").strip()
+    if raw:
+        if not (raw.isascii() and raw.isdigit() and len(raw) <= 3):
+            raise UsageError(f"AETHR_MAX_RETRIES must be a whole number, 0 or more, not {raw!r}",
+                             hint="for example AETHR_MAX_RETRIES=2 (the default); 0 turns "
+                             "retries off")
+        retries = int(raw)
+    return timeout, retries
+
+
+def _retry_sleep(seconds: float) -> None:
+    """Wait before a retry (the one place that sleeps, so tests can record the waits)."""
+    import time
+
+    time.sleep(seconds)
+
+
+def _http_is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 and localhost: never reached through a proxy."""
+    import ipaddress
+
+    host = host.strip("[]").lower().rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.partition("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def _http_proxy(url: str, environ: dict[str, str]) -> str | None:
+    """The proxy for `url` from `environ` (lower-case names first, as urllib), or None."""
+    import urllib.request
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if _http_is_loopback(parts.hostname or ""):
+        return None
+    scheme = parts.scheme.lower()
+    proxy = (environ.get(f"{scheme}_proxy") or environ.get(f"{scheme.upper()}_PROXY") or "").strip()
+    if not proxy:
+        return None
+    no_proxy = (environ.get("no_proxy") or environ.get("NO_PROXY") or "").strip()
+    # urllib reads NO_PROXY from os.environ only; the CLI's environment may hold more (.env).
+    if no_proxy and urllib.request.proxy_bypass_environment(parts.netloc.rpartition("@")[2],
+                                                            {"no": no_proxy}):
+        return None
+    return proxy
+
+
+def _http_ssl_context(provider: str, environ: dict[str, str]) -> tuple[Any, str]:
+    """(verifying SSL context, the CA bundle it uses in words) from SSL_CERT_* or REQUESTS_CA_*."""
+    import ssl
+
+    cafile = environ.get("SSL_CERT_FILE", "").strip() or None
+    capath = environ.get("SSL_CERT_DIR", "").strip() or None
+    if cafile or capath:
+        bundle = " and ".join(f"{path} ({var})" for path, var in
+                              ((cafile, "SSL_CERT_FILE"), (capath, "SSL_CERT_DIR")) if path)
+    elif environ.get("REQUESTS_CA_BUNDLE", "").strip():
+        cafile = environ["REQUESTS_CA_BUNDLE"].strip()
+        bundle = f"{cafile} (REQUESTS_CA_BUNDLE)"
+    else:
+        bundle = "the system's CA certificates"
+    try:
+        context = ssl.create_default_context(cafile=cafile, capath=capath)
+    except (OSError, ssl.SSLError) as exc:
+        raise ProviderError(f"{provider}: cannot load the CA bundle {bundle}: "
+                            f"{getattr(exc, 'strerror', None) or exc}",
+                            hint="point SSL_CERT_FILE at a PEM file of CA certificates",
+                            provider=provider) from None
+    return context, bundle
+
+
+def _http_opener(url: str, proxy: str | None, timeout: float, context: Any) -> Any:
+    """A urllib opener: 10 s to connect, then `timeout` for every read; no redirects."""
+    import http.client
+    import urllib.request
+
+    # urlopen's one timeout would bound the connect and every read alike; these connections
+    # connect within CONNECT_TIMEOUT (the value urllib passes them), then wait longer.
+    class Connection(http.client.HTTPConnection):
+        def connect(self) -> None:
+            super().connect()
+            self.sock.settimeout(timeout)
+
+    class TLSConnection(http.client.HTTPSConnection):
+        def connect(self) -> None:
+            super().connect()
+            self.sock.settimeout(timeout)
+
+    class Handler(urllib.request.HTTPHandler):
+        def http_open(self, req: Any) -> Any:
+            return self.do_open(Connection, req)
+
+    class TLSHandler(urllib.request.HTTPSHandler):
+        def https_open(self, req: Any) -> Any:
+            return self.do_open(TLSConnection, req, context=context)
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        # urllib would turn a redirected POST into a GET; an API that moved is an error.
+        def redirect_request(self, *args: Any) -> None:
+            return None
+
+    scheme = url.partition(":")[0].lower()
+    handlers = [urllib.request.ProxyHandler({scheme: proxy} if proxy else {}), Handler(),
+                NoRedirect()]
+    if context is not None:
+        handlers.append(TLSHandler(context=context))
+    opener = urllib.request.build_opener(*handlers)
+    opener.addheaders = []
+    return opener
+
+
+def _http_stream(provider: str, url: str, headers: dict[str, str], body: bytes,
+                 environ: dict[str, str]) -> Iterator[bytes]:
+    """POST `body` to `url`; yield the response body in raw chunks as they arrive.
+
+    Raises ProviderError for an error status, a JSON body where a stream was expected,
+    and each network failure (DNS, refused, TLS, timeouts), explained in one line.
+    """
+    import http.client
+    import urllib.error
+    import urllib.request
+
+    timeout, _ = http_settings(environ)
+    proxy = _http_proxy(url, environ)
+    context, bundle = (_http_ssl_context(provider, environ) if url[:6].lower() == "https:"
+                       else (None, None))
+    opener = _http_opener(url, proxy, timeout, context)
+    request = urllib.request.Request(url, data=body, method="POST")
+    for name, value in headers.items():
+        request.add_header(name, value)
+    # urllib's own agent is blocked by some gateways (SPEC §6).
+    request.add_header("User-Agent", f"aethr/{__version__}")
+    if not request.has_header("Content-type"):
+        request.add_header("Content-Type", "application/json")
+    failure = None
+    # 1. Connect and send; the status line and headers come within `timeout`.
+    try:
+        response = opener.open(request, timeout=CONNECT_TIMEOUT)
+    except urllib.error.HTTPError as exc:
+        try:
+            data = exc.read(_HTTP_ERROR_BODY) or b""
+        except (OSError, http.client.HTTPException, AttributeError, ValueError):
+            data = b""
+        exc.close()
+        failure = _http_status_error(provider, exc.code, exc.headers, data, environ)
+    except urllib.error.URLError as exc:
+        # urllib wraps what happens before the request is sent: DNS, connect, TLS.
+        failure = _http_net_error(provider, url, exc.reason, "connect", timeout, proxy, bundle)
+    except (OSError, http.client.HTTPException) as exc:
+        failure = _http_net_error(provider, url, exc, "response", timeout, proxy, bundle)
+    if failure is not None:
+        raise failure
+    with response:
+        # 2. A 200 with a JSON body is an error told as one (SPEC §6), not an empty answer.
+        ctype = (response.headers.get("Content-Type") or "").partition(";")[0].strip().lower()
+        if ctype in ("application/json", "text/html"):
+            try:
+                data = response.read(_HTTP_ERROR_BODY)
+            except (OSError, http.client.HTTPException):
+                data = b""
+            message = _http_message(data)[0] if ctype == "application/json" else ""
+            var = PROVIDER_BASES.get(provider, ("", ""))[0]
+            raise ProviderError(f"{provider}: expected a stream, got {ctype} (HTTP "
+                                f"{response.status})" + (f": {message}" if message else ""),
+                                hint=f"check {var}" if var in environ else None,
+                                provider=provider, status=response.status)
+        # 3. Raw chunks as they arrive: read1 returns what one read gets, never waiting for
+        # a full buffer or a line end.
+        while True:
+            try:
+                chunk = response.read1(65536)
+            except TimeoutError:
+                raise ProviderError(f"{provider}: the stream stalled: no data for "
+                                    f"{timeout:g} s", hint="AETHR_TIMEOUT sets how long to "
+                                    "wait (seconds)", provider=provider,
+                                    retryable=True) from None
+            except (OSError, http.client.HTTPException) as exc:
+                raise ProviderError(f"{provider}: the connection was lost mid-stream "
+                                    f"({_http_describe(exc)})", provider=provider,
+                                    retryable=True) from None
+            if not chunk:
+                return
+            yield chunk
+
+
+def _http_describe(exc: BaseException) -> str:
+    """A short description of a network exception."""
+    import http.client
+
+    if isinstance(exc, http.client.IncompleteRead):
+        return "the server closed it before the end of the body"
+    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+
+
+def _http_clean(text: str, limit: int = 600) -> str:
+    """`text` on one line, at most `limit` characters."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit - 1] + "\u2026"
+
+
+def _http_message(body: bytes) -> tuple[str, dict]:
+    """(the provider's message, its error object) from an error body of any provider."""
+    import json
+
+    text = body.decode("utf-8", "replace")
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return _http_clean(text, 300), {}
+    # Google's older endpoints answer with a list of one error object.
+    if isinstance(data, list) and data and isinstance(data[0], dict):
+        data = data[0]
+    if not isinstance(data, dict):
+        return _http_clean(text, 300), {}
+    error = data.get("error")
+    if isinstance(error, dict):
+        # OpenAI, OpenRouter, Anthropic and Gemini: {"error": {"message": ...}}.
+        message = error.get("message") or error.get("status") or error.get("type") or ""
+        return _http_clean(str(message)), error
+    if isinstance(error, str):
+        # xAI and Ollama: a flat {"error": "..."} (xAI adds "code": a gRPC status phrase).
+        return _http_clean(error), data
+    message = data.get("message") or data.get("detail") or ""
+    return _http_clean(str(message) if message else text, 300), data
+
+
+def _http_retry_after(headers: Any, info: dict) -> float | None:
+    """Seconds the server asks to wait: retry-after-ms, retry-after, Gemini's RetryInfo."""
+    import email.utils
+    import time
+
+    found = {k.lower(): v for k, v in (headers.items() if headers is not None else ())}
+    try:
+        return max(0.0, float(found["retry-after-ms"]) / 1000)
+    except (KeyError, ValueError):
+        pass
+    value = found.get("retry-after", "").strip()
+    if value:
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            pass
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+            return max(0.0, when.timestamp() - time.time())
+        except (TypeError, ValueError, IndexError):
+            pass
+    for detail in info.get("details") or ():
+        if isinstance(detail, dict) and str(detail.get("@type", "")).endswith("RetryInfo"):
+            delay = str(detail.get("retryDelay", "")).strip()
+            try:
+                return max(0.0, float(delay[:-1] if delay.endswith("s") else delay))
+            except ValueError:
+                pass
+    return None
+
+
+def _http_billing(provider: str, status: int | None, info: dict, message: str) -> bool:
+    """True for an error that means "pay first": never retried (SPEC §6)."""
+    if status == 402:
+        return True
+    ids = f"{info.get('code')} {info.get('type')} {message}"
+    if any(billing_id in ids for billing_id in _BILLING_IDS):
+        return True
+    # Gemini: a quota counted per day will not come back within any retry.
+    for detail in info.get("details") or ():
+        for violation in (detail.get("violations") or ()) if isinstance(detail, dict) else ():
+            if isinstance(violation, dict) and "PerDay" in str(violation.get("quotaId", "")):
+                return True
+    # xAI has no code for it: its 403/429 messages speak of credits or a spending limit.
+    lower = message.lower()
+    return provider == "xai" and status in (403, 429) and (
+        "credit" in lower or "spending limit" in lower)
+
+
+def _http_bad_key(provider: str, status: int, info: dict, message: str) -> bool:
+    """True when the status says the key was rejected (Gemini and xAI use 400 for it)."""
+    if status in (401, 403):
+        return True
+    if status != 400 or provider not in ("gemini", "xai"):
+        return False
+    reasons = [d.get("reason") for d in info.get("details") or () if isinstance(d, dict)]
+    lower = message.lower()
+    return "API_KEY_INVALID" in reasons or ("api key" in lower and any(
+        word in lower for word in ("invalid", "incorrect", "not valid")))
+
+
+def _http_status_error(provider: str, status: int, headers: Any, body: bytes,
+                       environ: dict[str, str]) -> ProviderError:
+    """The ProviderError for an HTTP error status, with the provider's own message."""
+    message, info = _http_message(body)
+    key = provider_key(provider, environ)
+    if key is not None:
+        message = message.replace(key[1], "[redacted]")
+    text = f"{provider}: HTTP {status}: {message or 'no message'}"
+    hint = None
+    billing = _http_billing(provider, status, info, message)
+    var = PROVIDER_BASES.get(provider, ("", ""))[0]
+    if billing:
+        text += "; the account is out of credits or over a spending limit"
+        hint = f"add credits or raise the limit in your {provider} account; a retry cannot help"
+    elif _http_bad_key(provider, status, info, message):
+        if key is not None:
+            text += f"; the key in {key[0]} (from {key_source(environ, key[0])}) was rejected"
+            hint = f"check {key[0]}, or store a new key with: aethr auth login {provider}"
+        elif PROVIDER_KEYS.get(provider):
+            text += f"; no key was sent ({PROVIDER_KEYS[provider][0]} is not set)"
+            hint = f"run: aethr auth login {provider}"
+    elif 300 <= status < 400:
+        found = {k.lower(): v for k, v in (headers.items() if headers is not None else ())}
+        text += f"; the server redirects to {found.get('location', 'another address')}"
+        hint = f"point {var} at the new address" if var else None
+    elif status == 404 and provider == "ollama":
+        hint = "is the model pulled? ollama list shows the models; ollama pull MODEL gets one"
+    elif status == 404 and var in environ:
+        hint = f"check {var}: it replaces {PROVIDER_BASES[provider][1]} exactly"
+    return ProviderError(text, hint=hint, provider=provider, status=status,
+                         retryable=status in RETRY_STATUSES and not billing, billing=billing,
+                         retry_after=_http_retry_after(headers, info))
+
+
+def _http_net_error(provider: str, url: str, exc: BaseException | str, phase: str,
+                    timeout: float, proxy: str | None, bundle: str | None) -> ProviderError:
+    """One clear line for a failure below HTTP: DNS, refused, TLS, timeout, reset."""
+    import http.client
+    import socket
+    import ssl
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    host = parts.hostname or "?"
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        port = "?"
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    var = PROVIDER_BASES.get(provider, ("", ""))[0]
+    via = proxy_at = ""
+    if proxy:
+        shown = urlsplit(proxy if "://" in proxy else "http://" + proxy)
+        # Never show a proxy's user name or password.
+        proxy_at = f"{shown.hostname}:{shown.port or 80}"
+        via = f" through the proxy {proxy_at}"
+
+    def fail(message: str, hint: str | None = None, retryable: bool = True) -> ProviderError:
+        return ProviderError(f"{provider}: {message}", hint=hint, provider=provider,
+                             retryable=retryable)
+
+    if isinstance(exc, str):
+        return fail(f"cannot reach {where}{via}: {exc}", retryable=False)
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return fail(f"the TLS certificate of {host} could not be verified "
+                    f"({exc.verify_message or exc.reason}); CA bundle used: {bundle}",
+                    "if a proxy or company CA signs this traffic, point SSL_CERT_FILE (or "
+                    "REQUESTS_CA_BUNDLE) at its CA bundle", retryable=False)
+    if isinstance(exc, ssl.SSLError):
+        return fail(f"TLS error with {where}{via}: {exc.reason or exc}",
+                    f"does {var} point at a TLS (https://) server?" if var else None,
+                    retryable=False)
+    if isinstance(exc, socket.gaierror):
+        # A name that does not exist will not appear on a retry; a resolver hiccup may.
+        return fail(f"cannot resolve {host}{via}: DNS lookup failed ({exc.strerror or exc})",
+                    f"check your network, and {var} if you set it" if var else
+                    "check your network",
+                    retryable=exc.errno == getattr(socket, "EAI_AGAIN", None))
+    if isinstance(exc, ConnectionRefusedError):
+        target = f"the proxy {proxy_at}" if proxy else where
+        hint = ("is Ollama running? (ollama serve)" if provider == "ollama" else
+                f"is the server running, and is {var} right?" if var and not proxy else None)
+        return fail(f"connection refused by {target}", hint)
+    if isinstance(exc, TimeoutError):
+        if phase == "connect":
+            return fail(f"could not connect to {where}{via} within {CONNECT_TIMEOUT:g} s")
+        return fail(f"no response from {where} within {timeout:g} s",
+                    "AETHR_TIMEOUT sets how long to wait (seconds)")
+    if isinstance(exc, (ConnectionError, http.client.HTTPException)):
+        return fail(f"the connection to {where}{via} was closed before a response "
+                    f"({_http_describe(exc)})")
+    return fail(f"cannot connect to {where}{via}: {_http_describe(exc)}")
+
+
+def _sse_lines(chunks: Iterable[bytes]) -> Iterator[str]:
+    """Lines ended by CRLF, LF or a lone CR, split as bytes and decoded whole as UTF-8.
+
+    A line still open at the end of the body is dropped: it may be cut short.
+    """
+    # bytes.splitlines breaks at exactly these three endings (str.splitlines also breaks at
+    # U+2028, \x85 and more, which JSON strings may hold raw); its last piece may be unended.
+    rest = b""
+    for chunk in chunks:
+        pieces = (rest + chunk).splitlines(keepends=True)
+        rest = b""
+        for i, piece in enumerate(pieces):
+            if piece.endswith(b"\r\n"):
+                yield piece[:-2].decode("utf-8", "replace")
+            elif piece.endswith(b"\n") or (piece.endswith(b"\r") and i + 1 < len(pieces)):
+                yield piece[:-1].decode("utf-8", "replace")
+            else:
+                # Unended, or a CR that ends the chunk and may be the first half of a CRLF.
+                rest = piece
+    if rest.endswith(b"\r"):
+        yield rest[:-1].decode("utf-8", "replace")
+
+
+def _sse_events(chunks: Iterable[bytes]) -> Iterator[tuple[str, str]]:
+    """(event name, data) pairs of a text/event-stream body (WHATWG HTML, server-sent events).
+
+    Comment lines are skipped; `data:` lines join with LF; a blank line dispatches. An event
+    whose lines all arrived but whose blank line did not is dispatched at the end.
+    """
+    event, data = "", []
+    first = True
+    for line in _sse_lines(chunks):
+        if first:
+            line = line.removeprefix("\ufeff")
+            first = False
+        if not line:
+            if data:
+                yield event or "message", "\n".join(data)
+            event, data = "", []
+            continue
+        if line.startswith(":"):
+            continue
+        field, colon, value = line.partition(":")
+        if colon and value.startswith(" "):
+            value = value[1:]
+        if field == "data":
+            data.append(value)
+        elif field == "event":
+            event = value
+        # `id` and `retry` serve reconnection, which a POST stream never does.
+    if data:
+        yield event or "message", "\n".join(data)
+
+
+def _ndjson_events(chunks: Iterable[bytes]) -> Iterator[str]:
+    """The non-blank lines of an NDJSON body, split on raw LF bytes and decoded whole."""
+    buf = b""
+    for chunk in chunks:
+        buf += chunk
+        *lines, buf = buf.split(b"\n")
+        for line in lines:
+            text = line.decode("utf-8", "replace").strip()
+            if text:
+                yield text
+    text = buf.decode("utf-8", "replace").strip()
+    if text:
+        yield text
+
+
+def _int(value: Any) -> int:
+    """`value` if it is an int (not a bool), else 0: usage fields may be null or absent."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+class _HTTPProvider(Provider):
+    """A live provider over HTTP: subclasses build the request and read its stream."""
+
+    #: What ends a complete stream, for the message when it never came.
+    terminator = "the end of the stream"
+
+    def __init__(self, model: str | None, environ: dict[str, str]) -> None:
+        super().__init__(model, environ)
+        self.model_id = split_model(model or "")[1]
+
+    def base_url(self) -> str:
+        """The base URL: its variable when set (checked), else the default (SPEC §6)."""
+        from urllib.parse import urlsplit
+
+        var, default = PROVIDER_BASES[self.name]
+        value = self.environ.get(var, "").strip()
+        if not value:
+            return default
+        parts = urlsplit(value)
+        try:
+            # A bad port fails here, in words, not deep inside http.client.
+            port_ok = parts.port != 0
+        except ValueError:
+            port_ok = False
+        if not port_ok or parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+            raise UsageError(f"{var} must be an http:// or https:// URL, not {value!r}",
+                             hint=f"the default is {default}")
+        return value.rstrip("/")
+
+    def key_optional(self) -> bool:
+        """True when requests may go without a key."""
+        return False
+
+    def build_request(self, prompt: Prompt, max_tokens: int | None = None
+                      ) -> tuple[str, dict[str, str], bytes]:
+        """(url, headers, body) of the streaming request; no I/O."""
+        raise NotImplementedError
+
+    def parse(self, chunks: Iterable[bytes]) -> Iterator[tuple[str, Any]]:
+        """Events from the response body; raises ProviderError on an error or a cut stream."""
+        raise NotImplementedError
+
+    def stream(self, prompt: Prompt, *, max_tokens: int | None = None
+               ) -> Iterator[tuple[str, Any]]:
+        """Yield ("text" | "reasoning" | "warning", str) as they arrive, then ("usage", dict).
+
+        Raises ProviderError. Transient failures are retried (SPEC §6), never once text was
+        yielded; text already yielded stays yielded when a later failure is raised.
+        """
+        import random
+
+        _, retries = http_settings(self.environ)
+        problems = provider_problems(self.model or "", self.environ)
+        if problems:
+            raise UsageError(problems[0][0], hint=problems[0][1])
+        url, headers, body = self.build_request(prompt, max_tokens)
+        attempt = 0
+        while True:
+            shown = False
+            chunks = _http_stream(self.name, url, headers, body, self.environ)
+            try:
+                for kind, value in self.parse(chunks):
+                    shown = shown or kind == "text"
+                    yield kind, value
+                return
+            except ProviderError as exc:
+                if shown or not exc.retryable or attempt >= retries:
+                    raise
+                wait = exc.retry_after
+                if wait is None:
+                    # Exponential backoff with jitter, so clients that failed together do
+                    # not all come back at the same moment.
+                    wait = min(0.5 * 2 ** attempt, 8.0) * (1 - 0.25 * random.random())
+                elif wait > MAX_RETRY_WAIT:
+                    exc.hint = (f"the server asked to wait {wait:g} s before a retry; aethr "
+                                f"waits at most {MAX_RETRY_WAIT:g} s; try again later")
+                    raise
+            finally:
+                chunks.close()
+            attempt += 1
+            _retry_sleep(wait)
+
+    def _json(self, data: str) -> dict:
+        """One event's JSON object."""
+        import json
+
+        try:
+            obj = json.loads(data)
+        except ValueError:
+            obj = None
+        if not isinstance(obj, dict):
+            raise ProviderError(f"{self.name}: the stream sent something that is not a JSON "
+                                f"object: {_http_clean(data, 80)!r}", provider=self.name)
+        return obj
+
+    def _stream_error(self, error: Any) -> ProviderError:
+        """The ProviderError for an error that arrived inside a 200 stream."""
+        info = error if isinstance(error, dict) else {}
+        message = str(info.get("message") or info.get("type") or "") if info else str(error)
+        message = _http_clean(message or "no message")
+        key = provider_key(self.name, self.environ)
+        if key is not None:
+            message = message.replace(key[1], "[redacted]")
+        # OpenRouter puts the HTTP status it would have sent in `code` (402: out of credits).
+        code = info.get("code")
+        status = code if isinstance(code, int) and not isinstance(code, bool) else None
+        billing = _http_billing(self.name, status, info, message)
+        # Before any text it is retried like a failed request (SPEC §6); after, it is not.
+        return ProviderError(f"{self.name}: error in the stream: {message}" + (
+            "; the account is out of credits or over a spending limit" if billing else ""),
+            provider=self.name, retryable=not billing, billing=billing)
+
+    def _cut_short(self) -> ProviderError:
+        """The ProviderError for a stream that ended before its terminator."""
+        return ProviderError(f"{self.name}: the stream ended before {self.terminator}; the "
+                             "answer is incomplete", provider=self.name, retryable=True)
+
+    def _refused(self, what: str) -> ProviderError:
+        """The ProviderError for a refusal or a content filter (never retried)."""
+        return ProviderError(f"{self.name}: {what}", provider=self.name,
+                             hint="rephrase the task or the context, or try another model")
+
+
+def _json_body(body: dict) -> bytes:
+    """A request body: compact UTF-8 JSON."""
+    import json
+
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "replace")
+
+
+class OpenAIProvider(_HTTPProvider):
+    """OpenAI chat completions (and OpenAI-compatible servers via OPENAI_BASE_URL)."""
+
+    name = "openai"
+    terminator = "[DONE]"
+    #: The body field that caps the answer (OpenAI deprecated max_tokens for it).
+    max_tokens_field = "max_completion_tokens"
+    #: Variables sent as headers when set.
+    header_vars = (("OPENAI_ORG_ID", "OpenAI-Organization"),
+                   ("OPENAI_PROJECT_ID", "OpenAI-Project"))
+
+    def key_optional(self) -> bool:
+        """Self-hosted servers (llama.cpp, vLLM, LM Studio) usually take no key."""
+        return _openai_self_hosted(self.environ)
+
+    def headers(self) -> dict[str, str]:
+        """Authorization (none without a key) plus the provider's own headers."""
+        headers = {"Accept": "text/event-stream"}
+        key = provider_key(self.name, self.environ)
+        if key is not None:
+            headers["Authorization"] = f"Bearer {key[1]}"
+        for var, header in self.header_vars:
+            value = self.environ.get(var, "").strip()
+            if value:
+                headers[header] = value
+        return headers
+
+    def build_request(self, prompt: Prompt, max_tokens: int | None = None
+                      ) -> tuple[str, dict[str, str], bytes]:
+        body: dict[str, Any] = {
+            "model": self.model_id,
+            "messages": [{"role": "system", "content": prompt.system},
+                         {"role": "user", "content": prompt.user}],
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        if max_tokens:
+            body[self.max_tokens_field] = max_tokens
+        return self.base_url() + "/chat/completions", self.headers(), _json_body(body)
+
+    def parse(self, chunks: Iterable[bytes]) -> Iterator[tuple[str, Any]]:
+        finish, usage, refusal, done = None, {}, [], False
+        for _, data in _sse_events(chunks):
+            if data.strip() == "[DONE]":
+                done = True
+                break
+            obj = self._json(data)
+            # An error chunk fails the step even when [DONE] follows it.
+            if obj.get("error"):
+                raise self._stream_error(obj["error"])
+            for choice in obj.get("choices") or ():
+                if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+                    continue
+                delta = choice.get("delta") or {}
+                # reasoning_content: xAI, DeepSeek, vLLM; reasoning: OpenRouter, Ollama.
+                thought = delta.get("reasoning_content") or delta.get("reasoning")
+                if isinstance(thought, str) and thought:
+                    yield "reasoning", thought
+                text = delta.get("content")
+                if isinstance(text, str) and text:
+                    yield "text", text
+                if isinstance(delta.get("refusal"), str):
+                    refusal.append(delta["refusal"])
+                if choice.get("finish_reason"):
+                    finish = choice["finish_reason"]
+                    if finish == "error":
+                        raise self._stream_error("the provider stopped with finish_reason error")
+            if isinstance(obj.get("usage"), dict):
+                usage = self._usage(obj["usage"])
+        if not done or finish is None:
+            raise self._cut_short()
+        if "".join(refusal).strip():
+            raise self._refused(f"the model refused: {_http_clean(''.join(refusal), 300)}")
+        if finish == "content_filter":
+            raise self._refused("the answer was stopped by the content filter "
+                                "(finish_reason content_filter)")
+        if finish == "length":
+            yield "warning", "the output was cut: the model hit its token limit"
+        yield "usage", usage
+
+    def _usage(self, raw: dict) -> dict:
+        """input/output as reported, reasoning where reported, OpenRouter's cost when given."""
+        usage = {"input": _int(raw.get("prompt_tokens")),
+                 "output": _int(raw.get("completion_tokens"))}
+        details = raw.get("completion_tokens_details")
+        if isinstance(details, dict) and isinstance(details.get("reasoning_tokens"), int):
+            usage["reasoning"] = details["reasoning_tokens"]
+        cost = raw.get("cost")
+        if isinstance(cost, (int, float)) and not isinstance(cost, bool):
+            usage["cost"] = cost
+        return usage
+
+
+class OpenRouterProvider(OpenAIProvider):
+    """OpenRouter: OpenAI-compatible; usage carries the cost."""
+
+    name = "openrouter"
+    #: OpenRouter documents max_tokens and maps it for each upstream provider.
+    max_tokens_field = "max_tokens"
+    header_vars = ()
+
+    def key_optional(self) -> bool:
+        return False
+
+
+class XAIProvider(OpenAIProvider):
+    """xAI: OpenAI-compatible; reasoning_content deltas, reasoning tokens counted apart."""
+
+    name = "xai"
+    header_vars = ()
+
+    def key_optional(self) -> bool:
+        return False
+
+
+class AnthropicProvider(_HTTPProvider):
+    """Anthropic messages API."""
+
+    name = "anthropic"
+    terminator = "message_stop"
+    #: max_tokens is required by the API; this applies when the step sets none.
+    default_max_tokens = 8192
+
+    def build_request(self, prompt: Prompt, max_tokens: int | None = None
+                      ) -> tuple[str, dict[str, str], bytes]:
+        headers = {"anthropic-version": "2023-06-01", "Accept": "text/event-stream"}
+        key = provider_key(self.name, self.environ)
+        if key is not None and key[0] == "ANTHROPIC_AUTH_TOKEN":
+            headers["Authorization"] = f"Bearer {key[1]}"
+        elif key is not None:
+            headers["x-api-key"] = key[1]
+        body: dict[str, Any] = {"model": self.model_id,
+                                "max_tokens": max_tokens or self.default_max_tokens}
+        if prompt.system:
+            body["system"] = prompt.system
+        body["messages"] = [{"role": "user", "content": prompt.user}]
+        body["stream"] = True
+        return self.base_url() + "/v1/messages", headers, _json_body(body)
+
+    def parse(self, chunks: Iterable[bytes]) -> Iterator[tuple[str, Any]]:
+        usage: dict[str, int] = {}
+        stop, done = None, False
+        for event, data in _sse_events(chunks):
+            if event == "ping":
+                continue
+            obj = self._json(data)
+            kind = obj.get("type") or event
+            if event == "error" or kind == "error":
+                raise self._stream_error(obj.get("error") or obj)
+            if kind == "message_start":
+                raw = (obj.get("message") or {}).get("usage") or {}
+                usage = {"input": _int(raw.get("input_tokens")),
+                         "output": _int(raw.get("output_tokens"))}
+            elif kind == "content_block_start":
+                block = obj.get("content_block") or {}
+                if block.get("type") == "text" and block.get("text"):
+                    yield "text", block["text"]
+            elif kind == "content_block_delta":
+                delta = obj.get("delta") or {}
+                if delta.get("type") == "text_delta" and delta.get("text"):
+                    yield "text", delta["text"]
+                elif delta.get("type") == "thinking_delta" and delta.get("thinking"):
+                    yield "reasoning", delta["thinking"]
+            elif kind == "message_delta":
+                stop = (obj.get("delta") or {}).get("stop_reason") or stop
+                # Counts in message_delta are totals so far: the last one wins.
+                raw = obj.get("usage") or {}
+                for field, name in (("input_tokens", "input"), ("output_tokens", "output")):
+                    if isinstance(raw.get(field), int) and raw[field]:
+                        usage[name] = raw[field]
+            elif kind == "message_stop":
+                done = True
+                break
+        if not done:
+            raise self._cut_short()
+        if stop == "refusal":
+            raise self._refused("the model refused to answer (stop_reason refusal)")
+        if stop == "max_tokens":
+            yield "warning", "the output was cut: the model hit its token limit"
+        elif stop == "model_context_window_exceeded":
+            yield "warning", "the output was cut: the model's context window is full"
+        yield "usage", usage
+
+
+class GeminiProvider(_HTTPProvider):
+    """Google Gemini streamGenerateContent (SSE)."""
+
+    name = "gemini"
+    terminator = "a chunk with finishReason"
+
+    def build_request(self, prompt: Prompt, max_tokens: int | None = None
+                      ) -> tuple[str, dict[str, str], bytes]:
+        from urllib.parse import quote
+
+        headers = {"Accept": "text/event-stream"}
+        key = provider_key(self.name, self.environ)
+        if key is not None:
+            headers["x-goog-api-key"] = key[1]
+        body: dict[str, Any] = {"contents": [{"role": "user", "parts": [{"text": prompt.user}]}]}
+        if prompt.system:
+            body["systemInstruction"] = {"parts": [{"text": prompt.system}]}
+        if max_tokens:
+            body["generationConfig"] = {"maxOutputTokens": max_tokens}
+        model = quote(self.model_id.removeprefix("models/"), safe="-._~/")
+        url = f"{self.base_url()}/v1beta/models/{model}:streamGenerateContent?alt=sse"
+        return url, headers, _json_body(body)
+
+    def parse(self, chunks: Iterable[bytes]) -> Iterator[tuple[str, Any]]:
+        usage: dict[str, int] = {}
+        finish = None
+        for _, data in _sse_events(chunks):
+            obj = self._json(data)
+            if obj.get("error"):
+                raise self._stream_error(obj["error"])
+            blocked = (obj.get("promptFeedback") or {}).get("blockReason")
+            if blocked:
+                raise self._refused(f"the prompt was blocked (blockReason {blocked})")
+            meta = obj.get("usageMetadata")
+            if isinstance(meta, dict):
+                usage = {"input": _int(meta.get("promptTokenCount")),
+                         "output": _int(meta.get("candidatesTokenCount"))}
+                if "thoughtsTokenCount" in meta:
+                    usage["reasoning"] = _int(meta["thoughtsTokenCount"])
+            for candidate in (obj.get("candidates") or ())[:1]:
+                for part in (candidate.get("content") or {}).get("parts") or ():
+                    text = part.get("text") if isinstance(part, dict) else None
+                    if isinstance(text, str) and text:
+                        yield "reasoning" if part.get("thought") else "text", text
+                finish = candidate.get("finishReason") or finish
+        # Gemini sends no [DONE]: a chunk with finishReason is the clean end.
+        if finish is None:
+            raise self._cut_short()
+        if finish == "MAX_TOKENS":
+            yield "warning", "the output was cut: the model hit its token limit"
+        elif finish not in ("STOP", "FINISH_REASON_UNSPECIFIED"):
+            raise self._refused(f"the answer was blocked or stopped early (finishReason "
+                                f"{finish})")
+        yield "usage", usage
+
+
+def _ollama_base(value: str) -> str:
+    """OLLAMA_HOST as Ollama reads it: host, host:port or URL; 0.0.0.0 means this machine."""
+    from urllib.parse import urlsplit
+
+    value = value.strip()
+    if not value:
+        return PROVIDER_BASES["ollama"][1]
+    scheme, sep, rest = value.partition("://")
+    scheme = scheme.lower() if sep else "http"
+    # As Ollama's own client: a URL with a scheme but no port means that scheme's port.
+    default_port = {"http": 80, "https": 443}.get(scheme) if sep else 11434
+    parts = urlsplit(f"{scheme}://{rest if sep else value}")
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if default_port is None or port == -1:
+        raise UsageError(f"OLLAMA_HOST must be a host, host:port or http(s) URL, not {value!r}",
+                         hint="for example OLLAMA_HOST=127.0.0.1:11434")
+    host = parts.hostname or ""
+    if host in ("", "0.0.0.0", "::"):
+        host = "127.0.0.1"
+    host = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{host}:{port or default_port}{parts.path.rstrip('/')}"
+
+
+def _ollama_num_ctx(chars: int, max_tokens: int | None) -> int:
+    """The context to ask for: the prompt at ~3 characters a token plus the output, rounded up."""
+    need = -(-chars // 3) + (max_tokens or OLLAMA_OUTPUT_ALLOWANCE)
+    return next((size for size in OLLAMA_CONTEXTS if size >= need), OLLAMA_CONTEXTS[-1])
+
+
+class OllamaProvider(_HTTPProvider):
+    """Ollama's native /api/chat (NDJSON), so that num_ctx can be set."""
+
+    name = "ollama"
+    terminator = '"done": true'
+
+    def base_url(self) -> str:
+        """From OLLAMA_HOST (host, host:port or URL), default http://127.0.0.1:11434."""
+        return _ollama_base(self.environ.get("OLLAMA_HOST", ""))
+
+    def key_optional(self) -> bool:
+        return True
+
+    def build_request(self, prompt: Prompt, max_tokens: int | None = None
+                      ) -> tuple[str, dict[str, str], bytes]:
+        # Ollama's default context silently drops the start of a long prompt (SPEC §6).
+        options: dict[str, int] = {
+            "num_ctx": _ollama_num_ctx(len(prompt.system) + len(prompt.user), max_tokens)}
+        if max_tokens:
+            options["num_predict"] = max_tokens
+        body = {"model": self.model_id,
+                "messages": [{"role": "system", "content": prompt.system},
+                             {"role": "user", "content": prompt.user}],
+                "stream": True,
+                # Thinking models think unless told not to; the answer is what is wanted.
+                "think": False,
+                "options": options}
+        return self.base_url() + "/api/chat", {"Accept": "application/x-ndjson"}, \
+            _json_body(body)
+
+    def parse(self, chunks: Iterable[bytes]) -> Iterator[tuple[str, Any]]:
+        usage: dict[str, int] = {}
+        reason, done, broken = None, False, None
+        for line in _ndjson_events(chunks):
+            if broken is not None:
+                raise broken
+            try:
+                obj = self._json(line)
+            except ProviderError as exc:
+                # Half an object is what the last line of a cut body looks like: only a line
+                # that more lines follow is malformed.
+                broken = exc
+                continue
+            if obj.get("error"):
+                raise self._stream_error(obj["error"])
+            message = obj.get("message") or {}
+            if isinstance(message.get("thinking"), str) and message["thinking"]:
+                yield "reasoning", message["thinking"]
+            # The final done object may still carry text.
+            if isinstance(message.get("content"), str) and message["content"]:
+                yield "text", message["content"]
+            if obj.get("done"):
+                done, reason = True, obj.get("done_reason")
+                usage = {"input": _int(obj.get("prompt_eval_count")),
+                         "output": _int(obj.get("eval_count"))}
+                break
+        if not done:
+            raise self._cut_short()
+        if reason == "length":
+            yield "warning", "the output was cut: the model hit its token limit"
+        yield "usage", usage
+
+
+#: Live providers by name; `google` is Gemini under Google's name.
+PROVIDERS: dict[str, type[Provider]] = {
+    "openai": OpenAIProvider,
+    "anthropic": AnthropicProvider,
+    "gemini": GeminiProvider,
+    "google": GeminiProvider,
+    "openrouter": OpenRouterProvider,
+    "xai": XAIProvider,
+    "ollama": OllamaProvider,
+}
 
 
 def make_provider(model: str | None, environ: dict[str, str], *, live: bool,
@@ -2325,6 +3361,8 @@ class ModelBackend:
                 usage = value
             elif kind == "warning":
                 emit({"event": "warning", "step": prompt.step.id, "message": value})
+            elif kind == "reasoning":
+                emit({"event": "reasoning", "step": prompt.step.id, "text": value})
         return "".join(parts), usage, None
 
 
@@ -3035,6 +4073,10 @@ def _live_problems(workflow: Workflow, project: Project, overrides: dict[str, st
     import shutil
 
     problems, seen = [], set()
+    try:
+        http_settings(project.environ)      # AETHR_TIMEOUT, AETHR_MAX_RETRIES
+    except UsageError as exc:
+        problems.append((display, 1, 1, exc.message, exc.hint))
     for step in workflow.steps:
         line, column = workflow.marks.get(("steps", step.index), (1, 1))
         model = resolve_model(workflow, step, overrides, project.environ)

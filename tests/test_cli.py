@@ -23,7 +23,7 @@ VERSION_LINE = f"aethr {aethr.__version__}\n"
 COMMANDS = ("init", "run", "check", "version")
 PRESET_NAMES = ("add-tests", "custom", "debug-failing-test", "docs-sync",
                 "plan-implement-review", "review-existing-diff")
-LIVE_REFUSED = "is not set (needed for"  # live mode without a key: preflight, exit 2
+LIVE_REFUSED = "no API key for"  # live mode without a key: the preflight stops, exit 2
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -607,14 +607,17 @@ def test_show_prompt_calls_nothing_and_shows_every_step(cli, git_repo):
     ([], {"AETHR_LIVE": "On"}),
     ([], {"AETHR_MODEL": "xai:grok-x"}),
 ], ids=["--live", "--model", "--model-role", "LIVE=1", "LIVE=On", "MODEL=x:y"])
-def test_live_mode_is_refused(cli, git_repo, argv, env):
+def test_live_mode_without_a_key_stops_in_the_preflight(cli, git_repo, argv, env):
     make_changes(git_repo)
     r = cli("run", *argv, "review it", env=env)
     assert_nothing_ran(r)
     assert LIVE_REFUSED in r.err
+    provider = "xai" if "AETHR_MODEL" in env else "openai"
+    assert f"set {provider.upper()}_API_KEY" in r.err
+    assert f"aethr auth login {provider}" in r.err
 
 
-def test_live_mode_refused_subprocess(run_aethr, git_repo):
+def test_live_mode_without_a_key_subprocess(run_aethr, git_repo):
     make_changes(git_repo)
     r = run_aethr("run", "--live", "review it", cwd=git_repo)
     assert_nothing_ran(r)

@@ -13,7 +13,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import git
+from conftest import DATA, git
+from loopback import Reply
 
 import aethr
 
@@ -399,12 +400,20 @@ def test_run_live_from_dotenv_subprocess(run_aethr, git_repo):
 
 
 def test_run_key_in_dotenv_is_not_reported_missing(cli, git_repo):
+    from loopback import LoopbackServer
+
     (git_repo / ".gitignore").write_text(".env\n")
-    (git_repo / ".env").write_text(f"AETHR_LIVE=1\nOPENAI_API_KEY={KEY}\n")
-    r = cli("run", "review it")
-    assert r.out == ""
-    assert "OPENAI_API_KEY" not in r.err and "auth login" not in r.err
-    assert KEY not in r.err
+    with LoopbackServer() as server:
+        server.add(Reply.sse((DATA / "transcripts" / "openai_basic.sse").read_bytes()))
+        (git_repo / ".env").write_text(f"AETHR_LIVE=1\nOPENAI_API_KEY={KEY}\n"
+                                       f"OPENAI_BASE_URL={server.url}/v1\n")
+        r = cli("run", "review it")
+        # The key from .env went to the (loopback) server, and never to the output.
+        assert r.code == 0, r
+        assert "The quick brown fox" in r.out
+        assert server.requests[0].headers["authorization"] == f"Bearer {KEY}"
+    assert "auth login" not in r.err
+    assert KEY not in r.err + r.out
 
 
 def test_run_rejects_a_bad_boolean_from_dotenv(cli, git_repo):

@@ -1,0 +1,77 @@
+"""§12 with §8: `aethr run` in live mode against a loopback OpenAI-compatible server (SPEC §2,
+§6): the streamed answer on stdout, a mid-stream error failing the step with exit 3 while the
+partial text stays, and a missing key stopping the preflight (exit 2) before any request."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import DATA
+from loopback import LoopbackServer, Reply
+
+KEY = "sk-test-123456789"
+ANSWER = "No findings.\n\nReview status: pass\n"
+
+
+def answer_body(text: str) -> bytes:
+    chunks = [{"choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}
+              for piece in text.split(" ")[:1] + [" " + p for p in text.split(" ")[1:]]]
+    chunks.append({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    chunks.append({"choices": [], "usage": {"prompt_tokens": 120, "completion_tokens": 9}})
+    return ("".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n").encode()
+
+
+@pytest.fixture
+def server():
+    with LoopbackServer() as srv:
+        yield srv
+
+
+@pytest.fixture
+def changed_repo(git_repo):
+    (git_repo / "src" / "app.py").write_text("def add(a, b):\n    return a + b + 0\n")
+    return git_repo
+
+
+def live_env(server: LoopbackServer, **extra: str) -> dict[str, str]:
+    return {"AETHR_LIVE": "1", "OPENAI_BASE_URL": server.url + "/v1", "OPENAI_API_KEY": KEY,
+            **extra}
+
+
+def test_live_run_streams_the_answer(changed_repo, server, run_aethr):
+    server.add(Reply.sse(answer_body(ANSWER), plan="bytes:7"))
+    res = run_aethr("run", "review", cwd=changed_repo, env=live_env(server))
+    assert res.code == 0, res
+    assert ANSWER.strip() in res.out
+    assert "openai:gpt-5.5" in res.err and "mock" not in res.err
+    assert KEY not in res.out + res.err
+    [request] = server.requests
+    assert request.path == "/v1/chat/completions"
+    assert request.headers["authorization"] == f"Bearer {KEY}"
+    assert request.headers["user-agent"].startswith("aethr/")
+    assert request.json["model"] == "gpt-5.5" and request.json["stream"] is True
+    system, user = request.json["messages"]
+    assert system["role"] == "system" and user["role"] == "user"
+    assert "review" in user["content"] and "return a + b + 0" in user["content"]
+
+
+def test_live_run_mid_stream_error_keeps_the_partial_text(changed_repo, server, run_aethr):
+    body = (DATA / "transcripts" / "openai_midstream_error.sse").read_bytes()
+    server.add(Reply.sse(body))
+    res = run_aethr("run", "review", cwd=changed_repo, env=live_env(server))
+    assert res.code == 3, res
+    assert "Sure, here is the" in res.out
+    assert ("aethr: error: step 'review' failed: openai: error in the stream: The server had an "
+            "error while processing your request. Sorry about that!") in res.err
+    assert len(server.requests) == 1      # text was shown: no retry
+
+
+def test_live_run_without_a_key_stops_before_any_request(changed_repo, server, cli):
+    # OpenAI's own host needs a key; the loopback server stands in as the HTTPS proxy, so
+    # any request that slipped through would reach it.
+    env = {"AETHR_LIVE": "1", "HTTPS_PROXY": server.url, "HTTP_PROXY": server.url}
+    res = cli("run", "review", env=env)
+    assert res.code == 2, res
+    assert "OPENAI_API_KEY" in res.err and "aethr auth login openai" in res.err
+    assert res.out == ""
+    assert server.requests == []
