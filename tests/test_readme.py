@@ -31,7 +31,10 @@ DOCUMENTED_STATUS = [
      2, "`init` with no preset lists them and exits 2", "aethr init NAME"),
     (lambda a: a[:1] == ["run"] and "--show-prompt" not in a and "--help" not in a
      and "--" not in a and ("--live" in a or "--model" in a),
-     2, "this version refuses them with exit 2", "is not set (needed for"),
+     2, "Without a key, a live run stops before the first step (exit 2)", "no API key for"),
+    (lambda a: a[:2] == ["auth", "login"] and "--key-stdin" not in a and "--help" not in a,
+     2, "without a terminal and without `--key-stdin` it refuses (exit 2)",
+     "no terminal to ask for the key"),
 ]
 
 
@@ -248,7 +251,7 @@ def test_readme_commands_were_found():
                      ["python3", "aethr.py", "check"],
                      ["aethr", "check", "--workflow", "examples/add-tests.yaml"]):
         assert any(shlex.split(c, comments=True) == expected for c in found), expected
-    assert synopsis_commands() == ["init", "run", "check", "version"]
+    assert synopsis_commands() == ["init", "run", "check", "auth", "version"]
     # the quick start runs in one repository, in order: init before check and run
     quick = [commands for _, commands in UNITS
              if any("init plan-implement-review" in c for _, c in commands)]
