@@ -1033,26 +1033,28 @@ class Repeat:
         self.max_iterations = max_iterations
 
 
-class Step:
+class _Record:
+    """A small record: fields by keyword, missing ones None (dataclasses cost start-up time)."""
+
+    __slots__ = ()
+
+    def __init__(self, **fields: Any) -> None:
+        for name in self.__slots__:
+            setattr(self, name, fields.get(name))
+
+
+class Step(_Record):
     """One step of a workflow."""
 
     __slots__ = ("id", "role", "backend", "model", "max_tokens", "unsafe_permissions", "timeout",
                  "history_visibility", "context", "repeat", "index")
 
-    def __init__(self, **fields: Any) -> None:
-        for name in self.__slots__:
-            setattr(self, name, fields.get(name))
 
-
-class Workflow:
+class Workflow(_Record):
     """A validated workflow: roles, models and steps, plus where it came from."""
 
     __slots__ = ("name", "description", "roles", "models", "steps", "path", "preset", "text",
                  "marks")
-
-    def __init__(self, **fields: Any) -> None:
-        for name in self.__slots__:
-            setattr(self, name, fields.get(name))
 
     @property
     def source(self) -> str:
@@ -2075,15 +2077,11 @@ def loop_protocol(step: Step) -> str | None:
             "only then.")
 
 
-class StepResult:
+class StepResult(_Record):
     """What one run of a step produced."""
 
     __slots__ = ("step", "role", "backend", "iteration", "text", "review_status", "artifact",
                  "usage", "duration", "model", "warnings")
-
-    def __init__(self, **fields: Any) -> None:
-        for name in self.__slots__:
-            setattr(self, name, fields.get(name))
 
     def title(self) -> str:
         """`review (reviewer, iteration 2)`."""
