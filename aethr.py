@@ -373,6 +373,9 @@ class TermView:
             self.term.err.flush()
 
     def _on_progress(self, e: dict) -> None:
+        if not self._at_line_start:         # end the answer's open line first
+            self.term.write("\n")
+            self._at_line_start = True
         self.term.status(self.term.paint(f"  {e['message']}", "dim"))
 
     def _on_step_end(self, e: dict) -> None:
@@ -1754,6 +1757,8 @@ class Artifact:
         lines = ["Changed files:"]
         for status, path, old in self.files:
             lines.append(f"  {status} {old} -> {path}" if old else f"  {status} {path}")
+        if self.note:
+            lines.append(f"Note: {self.note}")
         text = "\n".join(lines) + "\n\nDiff stat:\n" + self.stat.rstrip() + "\n"
         return text + ("\nPatch:\n" + self.patch if patch and self.patch else "")
 
@@ -3364,10 +3369,293 @@ class ModelBackend:
         return "".join(parts), usage, None
 
 
+def snapshot_tree(project: Project) -> str:
+    """The working tree (tracked and untracked, not ignored) as a git tree id (SPEC §7).
+
+    Built in a temporary index seeded from a copy of the real one, so git reuses the stat
+    data it already has; the user's index, HEAD, stash and files are never touched.
+    """
+    index = project.temp_index()
+    try:
+        # --ignore-errors: an unreadable file is left out instead of failing the snapshot.
+        _git(["add", "-A", "--ignore-errors"], project.top, project.environ, index=index,
+             check=False)
+        out = _git(["write-tree"], project.top, project.environ, index=index)[0]
+    finally:
+        for path in (index, index + ".lock"):
+            if os.path.exists(path):
+                os.unlink(path)
+    return out.decode("ascii", "replace").strip()
+
+
+#: git's one-letter change kinds -> the artifact's: type changes count as modifications.
+_ART_STATUS = {"A": "A", "M": "M", "D": "D", "R": "R", "T": "M", "C": "A"}
+
+
+def artifact_between(project: Project, before: str | None, after: str | None) -> Artifact:
+    """What changed from tree `before` to tree `after`: files, diff stat and patch."""
+    if not project.top or not before or not after:
+        return Artifact(note="no artifact: it needs git, and the project is not in a git "
+                        "repository")
+    if before == after:
+        return Artifact()
+    top, environ, secrets = project.top, project.environ, project.secrets
+    # 1. The files, from the raw diff: NUL-separated, so any path survives.
+    raw = _git(["diff", "--raw", "-z", "-M", *_DIFF_FLAGS, before, after, "--"], top,
+               environ)[0]
+    files, gitlinks = [], []
+    parts = raw.decode("utf-8", "surrogateescape").split("\0")
+    i = 0
+    while i < len(parts):
+        head = parts[i]
+        if not head.startswith(":"):
+            i += 1
+            continue
+        old_mode, new_mode, _, _, kind = head[1:].split(" ")[:5]
+        if kind[:1] in ("R", "C"):
+            old, path = printable(parts[i + 1]), printable(parts[i + 2])
+            i += 3
+        else:
+            old, path = None, printable(parts[i + 1])
+            i += 2
+        status = _ART_STATUS.get(kind[:1], "M")
+        files.append((status, path, old if status == "R" else None))
+        if "160000" in (old_mode, new_mode):
+            gitlinks.append(path)
+    # 2. The stat and the patch, cut at the diff cap while git streams them.
+    stat = _git(["diff", "--stat=120", "-M", *_DIFF_FLAGS, before, after, "--"], top, environ,
+                limit=DIFF_CAP)[0]
+    out, truncated, _ = _git(["diff", "--patch", "-M", *_DIFF_FLAGS, before, after, "--"], top,
+                             environ, limit=DIFF_CAP + _slack(secrets))
+    truncated = truncated or len(out) > DIFF_CAP
+    patch = _hide_secret_files(_redact_cut(out, DIFF_CAP, secrets).decode("utf-8", "replace"))
+    if truncated:
+        patch = patch.rstrip("\n") + (f"\n[\u2026 patch: more than {_size(DIFF_CAP)}, first "
+                                      f"{_size(DIFF_CAP)} shown]\n")
+    note = None
+    if gitlinks:
+        note = (f"submodule commit changed: {', '.join(gitlinks)} (changes inside a submodule "
+                "show only as its new commit)")
+    return Artifact(files, redact(stat.decode("utf-8", "replace"), secrets), patch, note)
+
+
+def opencode_problems(project: Project) -> list[tuple[str, str | None]]:
+    """What a live OpenCode step lacks (SPEC §2 preflight): (problem, hint) pairs."""
+    import shutil
+
+    problems: list[tuple[str, str | None]] = []
+    if not shutil.which("opencode", path=project.environ.get("PATH", os.defpath)):
+        problems.append(("the opencode CLI is not installed", "npm install -g opencode-ai"))
+    if not project.top:
+        problems.append((f"OpenCode steps need a git repository; {project.root} is not in one",
+                         "git init, or run from inside a repository"))
+    return problems
+
+
+#: Tool errors that mean "not permitted", as OpenCode 1.18.33 words them: PermissionRejectedError
+#: "The user rejected permission to use this specific tool call." (an `ask` rule, which
+#: `opencode run` auto-rejects), PermissionCorrectedError "...rejected permission ... with the
+#: following feedback", PermissionDeniedError "The user has specified a rule which prevents you
+#: from using this specific tool call." (a `deny` rule with a pattern). A `deny` for a whole
+#: tool removes it: the model's call then comes back as the tool `invalid`.
+_OC_REJECTED = ("rejected permission", "permissionrejectederror")
+_OC_DENIED = ("specified a rule which prevents", "permissiondeniederror")
+#: Colour codes OpenCode writes to stderr even into a pipe (a pattern: `re` loads lazily).
+_OC_ANSI = r"\x1b\[[0-9;?]*[A-Za-z]"
+
+
+class _OpenCodeEvents:
+    """Reads `opencode run --format json` events: progress, text, warnings, usage, errors.
+
+    Each event is one JSON object per line: {"type", "timestamp", "sessionID", "part" | "error"}
+    (cli/cmd/run.ts). `step_start` opens a model step; `text` is a finished text part;
+    `tool_use` a finished tool call (`part.state.status` completed or error, with `input` and
+    `error`); `step_finish` carries `tokens` {input, output, reasoning, cache {read, write}} and
+    `cost`; `error` a session error {name, data: {message}}. Newer versions end with `done`
+    and a `rejected` list. Anything else is ignored.
+    """
+
+    def __init__(self, step: Any, root: str, emit: Callable[[dict], None],
+                 secrets: list[str] | None = None) -> None:
+        self.step = step
+        self.root = root
+        self.emit = emit
+        self.secrets = secrets or []
+        self.steps = 0
+        self.texts: list[tuple[int, str]] = []
+        self.tools = 0
+        self.usage = {"input": 0, "output": 0, "cost": 0.0}
+        self.errors: list[str] = []
+        self.rejected: set[str] = set()
+        self._warned: set[str] = set()
+
+    def feed(self, line: bytes) -> None:
+        """One line of OpenCode's stdout; lines that are not JSON objects are ignored."""
+        import json
+
+        try:
+            event = json.loads(line.decode("utf-8"))
+        except ValueError:                  # also UnicodeDecodeError
+            return
+        if not isinstance(event, dict):
+            return
+        part = event.get("part") if isinstance(event.get("part"), dict) else {}
+        kind = event.get("type")
+        if kind == "step_start":
+            self.steps += 1
+        elif kind == "text":
+            self._text(part.get("text"))
+        elif kind == "tool_use":
+            self._tool(part)
+        elif kind == "step_finish":
+            self._usage(part)
+        elif kind == "error":
+            self.errors.append(_oc_error_text(event.get("error")))
+        elif kind == "done" and isinstance(event.get("rejected"), list):
+            for name in event["rejected"]:
+                if isinstance(name, str) and name not in self.rejected:
+                    self.rejected.add(name)
+                    self._warn(f"OpenCode's request to use {name} was rejected: "
+                               + self._allow(name))
+
+    def final_text(self) -> str:
+        """The assistant's text from the last model step that wrote any."""
+        if not self.texts:
+            return ""
+        last = self.texts[-1][0]
+        return "\n\n".join(t for n, t in self.texts if n == last) + "\n"
+
+    def summary(self) -> str:
+        u = self.usage
+        text = (f"OpenCode: {_plural(self.steps, 'model step')}, "
+                f"{_plural(self.tools, 'tool call')}, tokens {u['input']:,} in / "
+                f"{u['output']:,} out")
+        return text + (f", cost ${u['cost']:.4f}" if u["cost"] else "")
+
+    def _text(self, text: object) -> None:
+        if not isinstance(text, str) or not text.strip():
+            return
+        text = text.strip("\n")
+        sep = "\n" if self.texts else ""
+        self.texts.append((self.steps, text))
+        self.emit({"event": "text", "step": self.step.id, "text": sep + text + "\n"})
+
+    def _tool(self, part: dict) -> None:
+        state = part.get("state") if isinstance(part.get("state"), dict) else {}
+        tool = str(part.get("tool") or "tool")
+        what = self._describe(tool, state)
+        self.tools += 1
+        if tool == "invalid":
+            # A call to a tool OpenCode does not offer, e.g. one a `deny` rule removed.
+            inp = state.get("input") if isinstance(state.get("input"), dict) else {}
+            name = str(inp.get("tool") or "a tool")
+            self._warn(f"OpenCode's model asked for the tool {name}, which OpenCode does not "
+                       "offer here; a deny rule in OpenCode's permission config removes a tool "
+                       "entirely (unsafe_permissions does not override deny rules)")
+            return
+        if state.get("status") != "error":
+            self.emit({"event": "progress", "step": self.step.id,
+                       "message": redact(what, self.secrets)})
+            return
+        error = _oc_plain(str(state.get("error") or "failed")).strip()
+        low = error.lower()
+        if any(s in low for s in _OC_DENIED):
+            self._warn(f"OpenCode was not allowed to {what}: a deny rule in OpenCode's permission "
+                       "config forbids it (unsafe_permissions does not override deny rules); "
+                       "change that rule to allow it")
+        elif any(s in low for s in _OC_REJECTED):
+            self.rejected.add(tool)
+            self._warn(f"OpenCode was not allowed to {what}: permission rejected; "
+                       + self._allow(tool))
+        else:
+            first = error.splitlines()[0] if error else "failed"
+            self._warn(f"tool error: {what}: {first[:300]}")
+
+    def _allow(self, tool: str) -> str:
+        return (f"`opencode run` rejects what OpenCode's rules would ask about. To allow it, set "
+                f"unsafe_permissions: true on step '{self.step.id}', or allow {tool} in "
+                "OpenCode's permission config")
+
+    def _warn(self, message: str) -> None:
+        message = redact(message, self.secrets)
+        if message not in self._warned:
+            self._warned.add(message)
+            self.emit({"event": "warning", "step": self.step.id, "message": message})
+
+    def _usage(self, part: dict) -> None:
+        tokens = part.get("tokens") if isinstance(part.get("tokens"), dict) else {}
+        cache = tokens.get("cache") if isinstance(tokens.get("cache"), dict) else {}
+        # OpenCode counts cached prompt tokens apart and reasoning apart from output;
+        # Aethr's input and output are what the model read and wrote in all.
+        self.usage["input"] += sum(_oc_int(v) for v in (tokens.get("input"), cache.get("read"),
+                                                         cache.get("write")))
+        self.usage["output"] += _oc_int(tokens.get("output")) + _oc_int(tokens.get("reasoning"))
+        cost = part.get("cost")
+        if isinstance(cost, (int, float)) and not isinstance(cost, bool):
+            self.usage["cost"] += cost
+
+    def _describe(self, tool: str, state: dict) -> str:
+        """`edit README.md`, `bash: pytest -q`: one line for a tool call."""
+        inp = state.get("input") if isinstance(state.get("input"), dict) else {}
+        if tool == "bash" and isinstance(inp.get("command"), str):
+            command = inp["command"].strip().splitlines() or [""]
+            more = " \u2026" if len(command) > 1 or len(command[0]) > 120 else ""
+            return f"bash: {command[0][:120]}{more}"
+        for key in ("filePath", "path", "pattern", "url", "description", "query", "name"):
+            value = inp.get(key)
+            if isinstance(value, str) and value:
+                if key in ("filePath", "path"):
+                    value = self._relative(value)
+                return f"{tool} {value[:160]}"
+        title = state.get("title")
+        return f"{tool} {title[:160]}" if isinstance(title, str) and title else tool
+
+    def _relative(self, path: str) -> str:
+        try:
+            rel = os.path.relpath(path, self.root)
+        except ValueError:                  # another drive on Windows
+            return path.replace(os.sep, "/")
+        if rel == os.curdir or rel.startswith(os.pardir):
+            return path.replace(os.sep, "/")
+        return rel.replace(os.sep, "/")
+
+
+def _oc_int(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _oc_plain(text: str) -> str:
+    import re
+
+    return re.sub(_OC_ANSI, "", text)
+
+
+def _oc_error_text(error: object) -> str:
+    """OpenCode's message from an `error` event's {name, data: {message}}."""
+    import json
+
+    if isinstance(error, dict):
+        data = error.get("data") if isinstance(error.get("data"), dict) else {}
+        for value in (data.get("message"), error.get("message"), error.get("name")):
+            if isinstance(value, str) and value.strip():
+                return value.strip()
+        return json.dumps(error)[:300]
+    return str(error or "unknown error").strip()
+
+
+def _oc_tail(data: bytes, secrets: list[str]) -> str:
+    """The last few lines of OpenCode's stderr, one line, for an error message."""
+    text = _oc_plain(redact(data.decode("utf-8", "replace"), secrets))
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    tail = " | ".join(lines[-3:])
+    return tail if len(tail) <= 500 else "\u2026" + tail[-500:]
+
+
 class OpenCodeBackend:
     """Runs an implementation step with the OpenCode CLI (mock mode runs nothing)."""
 
-    def __init__(self, environ: dict[str, str], *, live: bool, project: Any = None) -> None:
+    def __init__(self, environ: dict[str, str], *, live: bool,
+                 project: Project | None = None) -> None:
         self.environ = environ
         self.live = live
         self.project = project
@@ -3376,8 +3664,7 @@ class OpenCodeBackend:
             emit: Callable[[dict], None]) -> tuple[str, dict, Artifact | None]:
         """Returns (OpenCode's final text, usage, the artifact of this step)."""
         if self.live:
-            raise BackendError(f"the OpenCode bridge is not available in aethr {__version__}",
-                               hint="run without --live for a mock run")
+            return self._run_live(prompt, model, emit)
         who = opencode_model(model) or "OpenCode's default model"
         text = (f"[mock] OpenCode was not run. In live mode it would carry out step "
                 f"'{prompt.step.id}' in the project with {who}, and the files it changed would "
@@ -3389,6 +3676,174 @@ class OpenCodeBackend:
             text += "\nReview status: pass\n"
         emit({"event": "text", "step": prompt.step.id, "text": text})
         return text, {}, Artifact(note="mock mode: OpenCode was not run")
+
+    def _run_live(self, prompt: Prompt, model: str | None, emit: Callable[[dict], None]
+                  ) -> tuple[str, dict, Artifact]:
+        import shutil
+
+        project = self.project or Project(os.getcwd(), self.environ)
+        step = prompt.step
+        exe = shutil.which("opencode", path=self.environ.get("PATH", os.defpath))
+        if not exe:
+            raise BackendError("the opencode CLI is not installed (or not on PATH)",
+                               hint="npm install -g opencode-ai")
+        argv = [exe, "run", "--format", "json"]
+        if model:
+            argv += ["-m", opencode_model(model)]
+        if step.unsafe_permissions:
+            argv.append("--dangerously-skip-permissions")
+        # 1. The tree before, so the artifact is what this step changed and nothing else.
+        before = snapshot_tree(project) if project.top else None
+        events = _OpenCodeEvents(step, project.root, emit, project.secrets)
+        try:
+            self._spawn(argv, project, prompt, events)
+        except BackendError as exc:
+            # What OpenCode changed before it failed stays in the tree: say so.
+            if before:
+                try:
+                    changed = artifact_between(project, before, snapshot_tree(project))
+                except GitError:
+                    changed = Artifact()
+                if changed.files:
+                    names = ", ".join(p for _, p, _ in changed.files[:5])
+                    more = f", +{len(changed.files) - 5} more" if len(changed.files) > 5 else ""
+                    exc.hint = (exc.hint + "; " if exc.hint else "") + (
+                        f"OpenCode had already changed {_plural(len(changed.files), 'file')} "
+                        f"({names}{more}); they are left as they are")
+            raise
+        emit({"event": "progress", "step": step.id, "message": events.summary()})
+        # 2. The tree after: the difference is the step's artifact.
+        if before:
+            artifact = artifact_between(project, before, snapshot_tree(project))
+            if not artifact.files:
+                emit({"event": "warning", "step": step.id, "message":
+                      "OpenCode changed no file" + (
+                          f" ({_plural(len(events.rejected), 'tool')} rejected: "
+                          f"{', '.join(sorted(events.rejected))})" if events.rejected else "")})
+        else:
+            artifact = artifact_between(project, None, None)
+        text = events.final_text() or "[OpenCode ended without a final message]\n"
+        return text, dict(events.usage), artifact
+
+    def _spawn(self, argv: list[str], project: Project, prompt: Prompt,
+               events: _OpenCodeEvents) -> None:
+        """Run OpenCode to its end, feeding its events; raises BackendError when it fails."""
+        import queue
+        import subprocess
+        import threading
+        import time
+
+        step = prompt.step
+        env = _child_env(self.environ, PWD=project.root, OPENCODE_DISABLE_AUTOUPDATE="1")
+        kw: dict[str, Any] = {"start_new_session": True} if os.name != "nt" else {
+            "creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
+        try:
+            proc = subprocess.Popen(argv, cwd=project.root, env=env, stdin=subprocess.PIPE,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+        except OSError as exc:
+            raise BackendError(f"could not start OpenCode ({argv[0]}): {exc.strerror or exc}",
+                               hint="npm install -g opencode-ai") from exc
+        data = (prompt.system + "\n\n" + prompt.user).encode("utf-8", "replace")
+        lines: queue.Queue[bytes | None] = queue.Queue()
+        err_tail = bytearray()
+
+        def feed() -> None:             # a thread: a huge prompt cannot deadlock the pipes
+            try:
+                proc.stdin.write(data)
+            except OSError:             # OpenCode exited without reading it all
+                pass
+            finally:
+                try:
+                    proc.stdin.close()
+                except OSError:
+                    pass
+
+        def read_out() -> None:
+            try:
+                for line in proc.stdout:
+                    lines.put(line)
+            except (OSError, ValueError):
+                pass
+            finally:
+                lines.put(None)
+
+        def read_err() -> None:
+            try:
+                for chunk in iter(lambda: proc.stderr.read1(65536), b""):
+                    err_tail.extend(chunk)
+                    del err_tail[:-8192]
+            except (OSError, ValueError):
+                pass
+
+        threads = [threading.Thread(target=f, daemon=True) for f in (feed, read_out, read_err)]
+        for t in threads:
+            t.start()
+        timeout = step.timeout or STEP_TIMEOUT
+        deadline = time.monotonic() + timeout
+        expired, exited_at = False, None
+        try:
+            # 1. Events until OpenCode closes its stdout, the timeout, or Ctrl-C.
+            while True:
+                try:
+                    line = lines.get(timeout=0.1)
+                except queue.Empty:
+                    now = time.monotonic()
+                    if now >= deadline:
+                        expired = True
+                        break
+                    # Exited, but something it started still holds the pipe: stop waiting.
+                    if proc.poll() is not None:
+                        exited_at = exited_at or now
+                        if now - exited_at > 2:
+                            break
+                    continue
+                if line is None:
+                    break
+                events.feed(line)
+            if not expired:
+                try:
+                    proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    expired = True
+        finally:
+            # 2. Whatever happened, nothing OpenCode started outlives the step.
+            _kill_tree(proc)
+            proc.wait()
+            for t in threads:
+                t.join(timeout=5)
+            # A reader still blocked (a process that escaped the group holds the pipe) keeps
+            # its stream: closing it under the reader could block.
+            for t, stream in ((threads[1], proc.stdout), (threads[2], proc.stderr)):
+                if not t.is_alive():
+                    stream.close()
+        # 3. Drain what was read before the end (after the timeout or a stuck pipe).
+        while True:
+            try:
+                line = lines.get_nowait()
+            except queue.Empty:
+                break
+            if line is not None:
+                events.feed(line)
+        tail = _oc_tail(bytes(err_tail), project.secrets)
+        if expired:
+            raise _oc_failure(f"OpenCode did not finish within {timeout:g} s and was "
+                              "stopped", None, tail,
+                              hint="raise the step's timeout: (seconds) in the workflow")
+        if events.errors:
+            message = "OpenCode failed: " + "; ".join(dict.fromkeys(events.errors))
+            raise _oc_failure(redact(message, project.secrets), proc.returncode, tail)
+        if proc.returncode != 0:
+            how = (f"was stopped by signal {-proc.returncode}" if proc.returncode < 0
+                   else f"exited with status {proc.returncode}")
+            raise _oc_failure(f"OpenCode {how}", proc.returncode, tail)
+
+
+def _oc_failure(message: str, returncode: int | None, tail: str,
+                hint: str | None = None) -> BackendError:
+    exc = BackendError(message + (f" (its stderr ends: {tail})" if tail else ""), hint=hint)
+    exc.returncode = returncode     # type: ignore[attr-defined]
+    exc.stderr = tail               # type: ignore[attr-defined]
+    return exc
 
 
 # == 10. Runner (steps, loops, events) ========================================
@@ -4068,8 +4523,6 @@ def preflight(workflow: Workflow, project: Project, *, live: bool = False,
 
 def _live_problems(workflow: Workflow, project: Project, overrides: dict[str, str],
                    display: str) -> list[tuple[str, int, int, str, str | None]]:
-    import shutil
-
     problems, seen = [], set()
     try:
         http_settings(project.environ)      # AETHR_TIMEOUT, AETHR_MAX_RETRIES
@@ -4080,14 +4533,7 @@ def _live_problems(workflow: Workflow, project: Project, overrides: dict[str, st
         model = resolve_model(workflow, step, overrides, project.environ)
         found: list[tuple[str, str | None]] = []
         if step.backend == "opencode":
-            if not shutil.which("opencode", path=project.environ.get("PATH")):
-                found.append(("the opencode CLI is not installed (step "
-                              f"'{step.id}' needs it in live mode)", "npm install -g opencode-ai"))
-            if not project.top:
-                found.append((f"step '{step.id}' uses OpenCode, which needs a git repository",
-                              "git init, or run from inside a repository"))
-            found.append((f"step '{step.id}': the OpenCode bridge is not available in aethr "
-                          f"{__version__} yet", "run without --live for a mock run"))
+            found += opencode_problems(project)
         elif not model:
             found.append((f"step '{step.id}' (role {step.role}) has no model",
                           f"set models.{step.role} or models.default, or pass --model"))
