@@ -1456,7 +1456,7 @@ def load_workflow(path: str | os.PathLike | None = None, *, text: str | None = N
     """
     if preset is not None:
         if preset not in PRESETS:
-            raise UsageError(f"unknown preset {preset!r}",
+            raise ConfigError(f"unknown preset {preset!r}",
                              hint=_did_you_mean(preset, PRESETS)
                              or "presets: " + ", ".join(sorted(PRESETS)))
         text, display = PRESETS[preset], f"preset:{preset}"
