@@ -1581,47 +1581,51 @@ def _git(args: list[str], cwd: str, environ: dict[str, str], *, limit: int | Non
     Raises GitError with git's own stderr when `check` and git fails.
     """
     import subprocess
-    import tempfile
     import threading
 
     extra = {"GIT_TERMINAL_PROMPT": "0", "GIT_OPTIONAL_LOCKS": "0"}
     if index:
         extra["GIT_INDEX_FILE"] = index
     cmd = ["git", *_GIT_FLAGS, *args]
-    with tempfile.TemporaryFile() as errf:
-        try:
-            proc = subprocess.Popen(cmd, cwd=cwd, env=_child_env(environ, **extra),
-                                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=errf)
-        except FileNotFoundError:
-            raise GitError("git is not installed (or not on PATH)",
-                           hint="install git to use git context sources") from None
-        expired: list[bool] = []
-        timer = threading.Timer(timeout, lambda: (expired.append(True), proc.kill()))
-        timer.start()
-        chunks, size, truncated = [], 0, False
-        try:
-            while True:
-                chunk = proc.stdout.read1(65536)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                size += len(chunk)
-                if limit is not None and size > limit:
-                    truncated = True
-                    proc.kill()
-                    break
-        finally:
-            timer.cancel()
-            proc.stdout.close()
-            status = proc.wait()
-        if expired:
-            raise GitError(f"git {args[0]} did not finish within {timeout:g} s")
-        if check and status != 0 and not truncated:
-            errf.seek(0)
-            message = errf.read().decode("utf-8", "replace").strip().splitlines()
-            raise GitError(f"git {args[0]} failed: " + (message[-1] if message else
-                                                        f"exit status {status}"))
+    try:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=_child_env(environ, **extra),
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+    except FileNotFoundError:
+        raise GitError("git is not installed (or not on PATH)",
+                       hint="install git to use git context sources") from None
+    # stderr is drained on its own thread, so a chatty git can never block its stdout.
+    errors = _Capped(2 * KIB, [])
+    drain = threading.Thread(target=lambda: [errors.feed(c) for c in iter(
+        lambda: proc.stderr.read1(4096), b"")], daemon=True)
+    drain.start()
+    expired: list[bool] = []
+    timer = threading.Timer(timeout, lambda: (expired.append(True), proc.kill()))
+    timer.start()
+    chunks, size, truncated = [], 0, False
+    try:
+        while True:
+            chunk = proc.stdout.read1(65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+            if limit is not None and size > limit:
+                truncated = True
+                proc.kill()
+                break
+    finally:
+        timer.cancel()
+        proc.stdout.close()
+        status = proc.wait()
+        drain.join(timeout=5)
+        proc.stderr.close()
+    if expired:
+        raise GitError(f"git {args[0]} did not finish within {timeout:g} s")
+    if check and status != 0 and not truncated:
+        message = errors.text("git's stderr").strip().splitlines()
+        raise GitError(f"git {args[0]} failed: " + (message[-1] if message else
+                                                    f"exit status {status}"))
     data = b"".join(chunks)
     return (data[:limit] if truncated else data), truncated, status
 
@@ -1660,18 +1664,33 @@ class Project:
         return self.head or self.git("hash-object", "-t", "tree", "--stdin").strip()
 
     def temp_index(self) -> str:
-        """A copy of the real index in a temporary file; the caller removes it."""
-        import shutil
-        import tempfile
+        """A copy of the real index in a temporary file; the caller removes it.
 
+        Like git's own temporary indexes it sits in the git directory (falling back to the
+        temp directory), so no tempfile/shutil import is paid on every run.
+        """
         real = os.path.join(self.gitdir or "", "index")
-        fd, path = tempfile.mkstemp(prefix="aethr-index-")
-        os.close(fd)
-        if os.path.exists(real):
-            shutil.copyfile(real, path)
-        else:
-            os.unlink(path)     # git refuses an empty file as an index; it makes its own
-        return path
+        try:
+            with open(real, "rb") as f:
+                data: bytes | None = f.read()
+        except FileNotFoundError:
+            data = None         # no index yet: git makes its own (an empty file is invalid)
+        for folder in (self.gitdir, None):
+            if folder is None:
+                import tempfile
+
+                folder = tempfile.gettempdir()
+            path = os.path.join(folder, f"aethr-index.{os.getpid()}.{id(self):x}")
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except OSError:
+                continue
+            with os.fdopen(fd, "wb") as f:
+                f.write(data or b"")
+            if data is None:
+                os.unlink(path)
+            return path
+        raise GitError("cannot create a temporary index (git directory and temp directory)")
 
     def diff_worktree(self, base: str, limit: int) -> tuple[str, bool]:
         """The working tree (tracked and untracked, not ignored) against `base`."""
