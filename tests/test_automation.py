@@ -725,3 +725,40 @@ def test_python_api_example_is_found_only_under_its_heading():
             "## Next\n")
     assert python_api_example(text) == "# ## not a heading\nright = 1\n"
     assert python_api_example("## Python API\n\nNo code.\n## Next\n```python\nx\n```\n") is None
+
+
+# -- issue 5's "done when": a live stream cut mid-way, then a resume with no other flag -----------
+
+def test_live_stream_cut_then_resume_continues_live_and_cleans_up(git_repo, run_aethr):
+    (git_repo / "src" / "app.py").write_text("def add(a, b):\n    return a + b + 0\n")
+    (git_repo / ".aethr.yaml").write_text(TWO_STEP)
+    git(git_repo, "add", ".aethr.yaml")
+    git(git_repo, "commit", "-q", "-m", "workflow")
+    cut = openai_sse(PASS, (50, 5))
+    cut = cut[:cut.index(b"finish_reason\": \"stop")]          # the body ends mid-stream
+    cut = cut[:cut.rindex(b"\n\n") + 2]
+    with LoopbackServer() as server:
+        server.add(Reply.sse(openai_sse(PLAN, (100, 10))), Reply.sse(cut))
+        env = {"AETHR_LIVE": "1", "OPENAI_BASE_URL": server.url + "/v1", "OPENAI_API_KEY": KEY,
+               "AETHR_MAX_RETRIES": "0"}
+        first = run_aethr("run", TASK, cwd=git_repo, env=env)
+        assert first.code == 3, first
+        resume = first.err.strip().splitlines()[-1]
+        assert resume.startswith("aethr: to resume: aethr run --resume-checkpoint "), first.err
+        path = shlex.split(resume.split(": ", 2)[2])[-1]
+        assert os.path.isabs(path) and os.path.exists(path)
+        assert len(server.requests) == 2
+        # Resume with no other flag: live again (from the checkpoint), only the review step.
+        server.add(Reply.sse(openai_sse(PASS, (60, 6))))
+        env_resume = {"OPENAI_BASE_URL": server.url + "/v1", "OPENAI_API_KEY": KEY}
+        second = run_aethr("run", "--resume-checkpoint", path, cwd=git_repo, env=env_resume)
+        assert second.code == 0, second
+        assert len(server.requests) == 3
+        assert server.requests[2].json["model"] == "gpt-5.5"           # the review step
+        # ... which sees the plan step's real answer from before the cut.
+        assert "Check the new branch" in server.requests[2].json["messages"][1]["content"]
+        assert "Review status: pass" in second.out
+        assert "plan" not in [line[3:] for line in second.out.splitlines()
+                              if line.startswith("## ")]
+        assert not os.path.exists(path)
+        assert "openai:gpt-5.5" in second.err and "would call" not in second.err
