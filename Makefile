@@ -3,7 +3,7 @@
 #   make test [PYTHON=python3.12] [PYTEST_ARGS='-k yaml']   tests in .venv-X.Y for that interpreter
 #   make test-all        make test on every working CPython 3.10-3.13 (tests/find-pythons.sh)
 #   make presets         regenerate the PRESETS block of aethr.py from presets/*.yaml
-#   make check           ruff lint + format check
+#   make check           ruff lint, then the tests on the oldest and newest interpreter
 #   make importtime | bench | fuzz | build | clean
 
 PYTHON ?= python3
@@ -42,9 +42,13 @@ test-all:
 presets:
 	$(PYTHON) tests/presets_sync.py --write
 
+# Lint, then the tests on the oldest and the newest interpreter found (STYLE §2, §5).
 check: $(STAMP)
 	$(VENV_PY) -m ruff check $(RUFF_PATHS)
-	$(VENV_PY) -m ruff format --check $(RUFF_PATHS)
+	@pythons=$$(sh tests/find-pythons.sh) || exit 1; \
+	for py in $$(echo "$$pythons" | head -1) $$(echo "$$pythons" | tail -1); do \
+		$(MAKE) --no-print-directory test PYTHON="$$py" || exit 1; \
+	done
 
 importtime:
 	$(PYTHON) -X importtime -c "import aethr" 2>&1 | tail -1
