@@ -327,6 +327,18 @@ def _seconds(s: float) -> str:
     return f"{int(s // 60)} min {int(s % 60):02d} s"
 
 
+def _usage_parts(usage: dict, *, tokens: bool = True) -> list[str]:
+    """Usage as the footer shows it: tokens in/out, reasoning apart, cost when reported."""
+    parts = []
+    if tokens and (usage.get("input") or usage.get("output")):
+        parts.append(f"tokens {usage.get('input', 0):,} in / {usage.get('output', 0):,} out")
+    if usage.get("reasoning"):
+        parts.append(f"reasoning {usage['reasoning']:,}")
+    if usage.get("cost"):
+        parts.append(f"cost ${usage['cost']:.4f}")
+    return parts
+
+
 class TermView:
     """Shows runner events: panels on the terminal, `## STEP-ID` documents when redirected."""
 
@@ -385,15 +397,18 @@ class TermView:
         if not self.out_tty:
             self.term.write("\n")
         t = self.term
-        parts = [_seconds(e["duration"])]
-        usage = e.get("usage") or {}
-        if usage.get("input") or usage.get("output"):
-            parts.append(f"tokens {usage.get('input', 0):,} in / {usage.get('output', 0):,} out")
+        parts = [_seconds(e["duration"])] + _usage_parts(e.get("usage") or {})
         if e.get("review_status"):
             parts.append(f"review status: {e['review_status']}")
         art = e.get("artifact")
         if art is not None:
-            parts.append(art.summary())
+            files = art["files"]
+            names = ", ".join(f"{f['status']} {f['path']}" for f in files[:5])
+            more = f", +{len(files) - 5} more" if len(files) > 5 else ""
+            parts.append(f"{_plural(len(files), 'file')} changed: {names}{more}" if files
+                         else "no files changed")
+            if art.get("note"):
+                parts.append(art["note"])
         t.status(t.glyph("bottom") + t.paint(t.glyph("dot").join(parts), "dim"))
 
     def _on_run_end(self, e: dict) -> None:
@@ -404,7 +419,8 @@ class TermView:
         total = e.get("usage") or {}
         tokens = total.get("input", 0) + total.get("output", 0)
         parts = [_plural(e["steps_run"], "step") + " run", _seconds(e["duration"]),
-                 _plural(tokens, "token"),
+                 _plural(tokens, "token")] + _usage_parts(total, tokens=False) + [
+                 f"{e['mode']} mode",
                  "verdict " + t.paint(verdict, "green" if verdict == "pass" else "yellow")]
         t.status("aethr: " + dot.join(parts))
         if e["mode"] == "mock":
@@ -436,11 +452,6 @@ class JsonView:
     def _write(self, event: dict) -> None:
         import json
 
-        art = event.get("artifact")
-        if art is not None and not isinstance(art, dict):
-            event = dict(event, artifact={
-                "files": [{"status": st, "path": p, "old_path": old} for st, p, old in art.files],
-                "stat": art.stat, "note": art.note})
         self.term.write(json.dumps(event, ensure_ascii=False) + "\n")
 
     def checkpoint(self, path: str | None) -> None:
@@ -3917,6 +3928,14 @@ def _artifact_dict(art: Artifact | None) -> dict | None:
             "stat": art.stat, "patch": art.patch, "note": art.note}
 
 
+def _event_artifact(art: Artifact | None) -> dict | None:
+    """An artifact as events carry it: files, stat and note (the patch stays out)."""
+    data = _artifact_dict(art)
+    if data is not None:
+        del data["patch"]
+    return data
+
+
 def _artifact_from(data: dict | None) -> Artifact | None:
     if data is None:
         return None
@@ -4013,7 +4032,7 @@ def run_workflow(workflow: Workflow, task: str, *, root: str | Project = ".", li
             emit({"event": "step_end", "step": step.id, "role": step.role,
                   "iteration": result.iteration, "output": result.text, "usage": result.usage,
                   "duration": result.duration, "review_status": result.review_status,
-                  "artifact": result.artifact, "warnings": result.warnings})
+                  "artifact": _event_artifact(result.artifact), "warnings": result.warnings})
         # 4. The verdict: revise if a loop ran out, else the last review status given.
         statuses = [r.review_status for r in state.results if r.review_status]
         verdict = "revise" if state.exhausted else (statuses[-1] if statuses else "pass")

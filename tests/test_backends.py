@@ -855,7 +855,9 @@ def test_run_workflow_carries_the_artifact_and_warnings(dirty_repo, opencode):
     assert step.usage == {"input": 5, "output": 6, "cost": 0.0}
     assert len(step.warnings) == 1 and "permission rejected" in step.warnings[0]
     end = next(e for e in events if e["event"] == "step_end")
-    assert end["artifact"] is step.artifact
+    # Events carry plain data (what --json prints): files, stat and note, no patch.
+    assert end["artifact"]["files"] == [{"status": "A", "path": "added.txt", "old_path": None}]
+    assert end["artifact"]["stat"] == step.artifact.stat and "patch" not in end["artifact"]
     assert index_state(dirty_repo) == state
 
 

@@ -343,7 +343,7 @@ def test_debug_shows_the_traceback_of_expected_errors(git_repo, cli, value):
     res = cli("run", "--preset", "nope", "x", env={"AETHR_DEBUG": value})
     assert res.code == 2                         # the exit code is kept
     assert res.err.startswith("Traceback (most recent call last):\n")
-    assert "UsageError: unknown preset 'nope'" in res.err
+    assert "ConfigError: unknown preset 'nope'" in res.err
     assert "aethr: error: unknown preset 'nope'\n" in res.err
 
 
