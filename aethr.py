@@ -4232,7 +4232,7 @@ def load_dotenv(project: Project) -> tuple[Env, list[str]]:
     except (OSError, UnicodeDecodeError) as exc:
         return env, [f"cannot read .env, so it was not loaded: {exc}"]
     for name, value in values.items():
-        if name not in env:             # variables already in the environment win
+        if not env.get(name):           # variables already set in the environment win
             env[name] = value
             env.dotenv.add(name)
     shown = _relative(path)
@@ -4676,11 +4676,16 @@ def cmd_run(args: argparse.Namespace, term: Term) -> int:
     task = _read_task(args, term)
     if args.show_prompt:
         return _show_prompts(workflow, task, project, overrides, live, term)
-    saved = {"task": task, "mode": "live" if live else "mock", "models": overrides,
+    # AETHR_MODEL is an override too: saved, so a resume calls the same models (SPEC §10).
+    models = dict(overrides)
+    env_model = project.environ.get("AETHR_MODEL", "").strip()
+    if env_model and "*" not in models:
+        models["*"] = env_model
+    saved = {"task": task, "mode": "live" if live else "mock", "models": models,
              "workflow": _workflow_ref(workflow), "root": project.root}
     result = _run_saving(args, term, workflow, project, saved, None)
     if (args.preset or args.model) and workflow.preset and not args.json:
-        _promote(workflow.preset, args.model, live, term)
+        _promote(workflow.preset, args.model, live, project.root, term)
     return 1 if result.verdict == "revise" else 0
 
 
@@ -4803,31 +4808,50 @@ def _resume(args: argparse.Namespace, term: Term) -> int:
         if _workflow_ref(workflow)["sha256"] != ref.get("sha256") and not args.force:
             raise UsageError(f"{workflow.source} changed since the checkpoint was written",
                              hint="--force resumes with the workflow as it is now")
-        if not 0 <= saved["state"]["next_step"] <= len(workflow.steps):
+        if not isinstance(saved["state"], dict):
+            raise ValueError
+        state = _RunState(saved["state"])         # every field read once, types checked
+        models = saved["models"]
+        if not (isinstance(saved["task"], str) and saved["mode"] in ("mock", "live")
+                and isinstance(models, dict)
+                and all(isinstance(k, str) and isinstance(v, str) for k, v in models.items())
+                and isinstance(state.next, int)
+                and all(isinstance(v, int) for v in state.passes.values())):
+            raise ValueError
+        if not 0 <= state.next <= len(workflow.steps):
             raise UsageError(f"{path} does not fit {workflow.source}")
-    except (KeyError, TypeError, AttributeError):
-        raise UsageError(f"{path} is not a valid checkpoint (missing fields)") from None
+    except (KeyError, TypeError, AttributeError, ValueError, IndexError):
+        raise UsageError(f"{path} is not a valid checkpoint (damaged or missing fields)",
+                         hint="start the run again without --resume-checkpoint") from None
     project, _ = _open_project(None, term, root)
+    project.environ.pop("AETHR_MODEL", None)       # the overrides come from the checkpoint
     live = saved["mode"] == "live"
     preflight(workflow, project, live=live and not args.show_prompt, overrides=saved["models"])
     if args.show_prompt:
         return _show_prompts(workflow, saved["task"], project, saved["models"], live, term,
                              resume=saved["state"])
-    term.note(f"resuming {workflow.source} at step {saved['state']['next_step'] + 1}")
+    term.note(f"resuming {workflow.source} at step {state.next + 1}")
     saved["workflow"] = _workflow_ref(workflow)     # after --force, the text as it is now
     result = _run_saving(args, term, workflow, project, saved, path)
     os.unlink(path)                     # completed: nothing is left behind
     return 1 if result.verdict == "revise" else 0
 
 
-def _promote(preset: str, model_flags: list[str], live: bool, term: Term) -> None:
-    """Workflow promotion (SPEC §9): the one `aethr init` command that saves this setup."""
+def _promote(preset: str, model_flags: list[str], live: bool, root: str, term: Term) -> None:
+    """Workflow promotion (SPEC §9): the one `aethr init` command that saves this setup.
+
+    `init` writes in the current directory, which becomes the project root: from a
+    subdirectory the command first goes to the root this run used.
+    """
     import shlex
 
     words = ["aethr", "init", preset] + [w for m in model_flags for w in ("--model", m)]
-    if os.path.lexists(WORKFLOW_FILE):
+    if os.path.lexists(os.path.join(root, WORKFLOW_FILE)):
         words.append("--force")
-    term.status(f"aethr: to save this setup as {WORKFLOW_FILE}: {shlex.join(words)}")
+    command = shlex.join(words)
+    if os.path.realpath(root) != os.path.realpath(os.getcwd()):
+        command = f"cd {shlex.quote(_relative(root))} && {command}"
+    term.status(f"aethr: to save this setup as {WORKFLOW_FILE}: {command}")
     if live:
         term.status("aethr: then run with --live (or AETHR_LIVE=1) to keep it live")
 
@@ -5026,6 +5050,11 @@ def cmd_auth(args: argparse.Namespace, term: Term) -> int:
         if term.environ.get(var):
             term.note(f"{var} is still set in the environment")
         return 0
+    if project.top and _git(["ls-files", "-z", "--", ".env"], project.root, project.environ,
+                            check=False)[0]:
+        raise UsageError(f"{path} is tracked by git: a key written there would be committed "
+                         "(and aethr does not load a tracked .env)",
+                         hint="git rm --cached .env, add .env to .gitignore, then log in again")
     key = _read_key(args, term, var)
     try:
         write_dotenv_var(path, var, key)

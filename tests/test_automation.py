@@ -762,3 +762,27 @@ def test_live_stream_cut_then_resume_continues_live_and_cleans_up(git_repo, run_
                               if line.startswith("## ")]
         assert not os.path.exists(path)
         assert "openai:gpt-5.5" in second.err and "would call" not in second.err
+
+
+def test_promotion_from_a_subdirectory_goes_to_the_root_first(changed_repo, cli, run_aethr,
+                                                             monkeypatch):
+    sub = changed_repo / "src"
+    monkeypatch.chdir(sub)
+    preset = ("--preset", "docs-sync")
+    before = cli("run", "--show-prompt", *preset, TASK)
+    assert before.code == 0, before
+    res = cli("run", *preset, TASK)
+    assert res.code == 0, res
+    line = next(x for x in res.err.splitlines() if x.startswith(PROMOTE))
+    command = line[len(PROMOTE):]
+    assert command == "cd .. && aethr init docs-sync", command
+    # Run it as a shell would, from the subdirectory: the file lands in the project root.
+    proc = subprocess.run(command.replace("aethr init", f"{sys.executable} {AETHR_PY} init"),
+                          shell=True, cwd=sub, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert (changed_repo / ".aethr.yaml").is_file() and not (sub / ".aethr.yaml").exists()
+    git(changed_repo, "add", ".aethr.yaml")
+    git(changed_repo, "commit", "-q", "-m", "save", "--", ".aethr.yaml")
+    after = cli("run", "--show-prompt", TASK)
+    assert after.code == 0, after
+    assert prompt_parts(after.out) == prompt_parts(before.out)

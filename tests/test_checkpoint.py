@@ -1210,3 +1210,53 @@ def test_api_ctrl_c_leaves_a_checkpoint_on_the_exception(git_repo, monkeypatch):
     result = aethr.run_workflow(workflow, "fix the bug", root=git_repo, env=env, resume=cp)
     assert [r.step for r in result.steps] == ["plan", "implement", "review", "summary"]
     assert script.calls == Counter({"plan": 1, "implement": 2, "review": 1, "summary": 1})
+
+
+# -- found in review: AETHR_MODEL is an override too; damaged state sections ----------------------
+
+def test_checkpoint_keeps_the_aethr_model_override(git_repo, cli, monkeypatch):
+    write_wf(git_repo)
+    script = Script(monkeypatch, {"review": [Fail(backend_error())]})
+    monkeypatch.setattr(FakeLive, "stream", script.stream, raising=False)
+    monkeypatch.setitem(aethr.PROVIDERS, "openai", FakeLive)
+    res = cli("run", "fix it", env={"OPENAI_API_KEY": SECRET,
+                                    "AETHR_MODEL": "openai:special-model"})
+    assert res.code == 3, res
+    path = only_checkpoint()
+    assert load_cp(path)["models"] == {"*": "openai:special-model"}
+    # Resumed without AETHR_MODEL (or with another one): the checkpoint's model is used.
+    script.reset()
+    res = cli("run", "--resume-checkpoint", path,
+              env={"OPENAI_API_KEY": SECRET, "AETHR_MODEL": "openai:other-model"})
+    assert res.code == 0, res
+    assert script.models == {"review": ["openai:special-model"],
+                             "summary": ["openai:special-model"]}
+
+
+@pytest.mark.parametrize("damage", [
+    {"results": [{"foo": 1}]}, {"results": "zz"}, {"loop_passes": {"a": 1}},
+    {"loop_passes": {"0": "x"}}, {"next_step": "1"},
+], ids=["result without fields", "results a string", "loop key", "loop count", "next as text"])
+def test_resume_rejects_a_damaged_state(git_repo, cli, monkeypatch, damage):
+    _, _, path = fail_review_first(monkeypatch, cli, git_repo)
+    data = load_cp(path)
+    data["state"].update(damage)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f)
+    res = cli("run", "--resume-checkpoint", path, "--force")
+    assert res.code == 2, res
+    assert "is not a valid checkpoint" in res.err
+    no_traceback(res.err)
+
+
+@pytest.mark.parametrize("field, value", [("task", 5), ("mode", "weird"), ("models", ["a"])])
+def test_resume_rejects_damaged_top_fields(git_repo, cli, monkeypatch, field, value):
+    _, _, path = fail_review_first(monkeypatch, cli, git_repo)
+    data = load_cp(path)
+    data[field] = value
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f)
+    res = cli("run", "--resume-checkpoint", path)
+    assert res.code == 2, res
+    assert res.out == ""
+    no_traceback(res.err)

@@ -815,3 +815,22 @@ def test_login_status_logout_round_trip(run_aethr, git_repo):
     assert status_lines(r.out)["openai"].endswith("not set")
     r = run_aethr("auth", "logout", "openai", cwd=git_repo)
     assert r.code == 0 and "OPENAI_API_KEY was not in" in r.err
+
+
+def test_login_refuses_a_tracked_dotenv(cli, git_repo):
+    (git_repo / ".env").write_text("OTHER=1\n")
+    git(git_repo, "add", ".env")
+    r = cli("auth", "login", "openai", "--key-stdin", stdin=KEY + "\n")
+    assert r.code == 2, r
+    assert "tracked by git" in r.err and "git rm --cached .env" in r.err
+    assert (git_repo / ".env").read_text() == "OTHER=1\n"
+    assert KEY not in r.err + r.out
+
+
+def test_an_empty_exported_variable_does_not_hide_the_dotenv_value(cli, git_repo):
+    (git_repo / ".gitignore").write_text(".env\n")
+    (git_repo / ".env").write_text(f"OPENAI_API_KEY={KEY}\n")
+    r = cli("auth", "status", env={"OPENAI_API_KEY": ""})
+    assert r.code == 0, r
+    openai = next(line for line in r.out.splitlines() if line.startswith("openai"))
+    assert "set in .env" in openai
