@@ -3989,6 +3989,26 @@ class _RunState:
                 "loop_ran_out": self.exhausted, "partial": partial}
 
 
+def _workflow_ref(workflow: Workflow) -> dict:
+    """Where a workflow came from, and a hash of its text (checkpoints compare it)."""
+    import hashlib
+
+    return {"path": os.path.abspath(workflow.path) if workflow.path else None,
+            "preset": workflow.preset,
+            "sha256": hashlib.sha256(workflow.text.encode("utf-8")).hexdigest()}
+
+
+def _redact_data(obj: Any, secrets: list[str]) -> Any:
+    """Every string in `obj` redacted: before JSON escaping could hide a secret's text."""
+    if isinstance(obj, str):
+        return redact(obj, secrets)
+    if isinstance(obj, dict):
+        return {k: _redact_data(v, secrets) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_redact_data(v, secrets) for v in obj]
+    return obj
+
+
 def run_workflow(workflow: Workflow, task: str, *, root: str | Project = ".", live: bool = False,
                  models: dict[str, str] | None = None, env: dict[str, str] | None = None,
                  on_event: Callable[[dict], None] | None = None,
@@ -3996,8 +4016,9 @@ def run_workflow(workflow: Workflow, task: str, *, root: str | Project = ".", li
     """Run every step in order with its loops; prints nothing, writes no file.
 
     `on_event` receives the run's events (run_start, step_start, text, warning,
-    step_end, run_end). A failing step raises StepFailed whose `.checkpoint` holds
-    the state to resume from (`resume=`); Ctrl-C leaves the same on the exception.
+    step_end, run_end). A failing step raises StepFailed whose `.checkpoint` is the
+    checkpoint data (SPEC §10: task, mode, models, workflow, root, state), secrets
+    redacted; `resume=` takes it back. Ctrl-C leaves the same on the exception.
     """
     import time
 
@@ -4006,7 +4027,18 @@ def run_workflow(workflow: Workflow, task: str, *, root: str | Project = ".", li
     project = root if isinstance(root, Project) else Project(os.fspath(root), environ)
     overrides, secrets, steps = models or {}, secret_values(environ), workflow.steps
     mode = "live" if live else "mock"
-    state = _RunState(resume)
+    state = _RunState(resume["state"] if resume and "state" in resume else resume)
+    # AETHR_MODEL is an override too: the checkpoint keeps it, so a resume calls the same.
+    saved_models = dict(overrides)
+    if environ.get("AETHR_MODEL", "").strip() and "*" not in saved_models:
+        saved_models["*"] = environ["AETHR_MODEL"].strip()
+
+    def checkpoint(step: Step | None) -> dict:
+        return _redact_data({"aethr_checkpoint": 1, "aethr_version": __version__, "task": task,
+                             "mode": mode, "models": saved_models,
+                             "workflow": _workflow_ref(workflow), "root": project.root,
+                             "state": state.checkpoint(step)}, secrets)
+
     started = time.monotonic()
     usage: dict = {}
     for r in state.results:
@@ -4040,11 +4072,11 @@ def run_workflow(workflow: Workflow, task: str, *, root: str | Project = ".", li
     except AethrError as exc:
         failed = StepFailed(f"step '{running.id}' failed: {exc.message}" if running else
                             exc.message, hint=exc.hint, step=running.id if running else "",
-                            checkpoint=state.checkpoint(running))
+                            checkpoint=checkpoint(running))
         end("failed", error=failed.message)
         raise failed from exc
     except BaseException as exc:        # Ctrl-C, a closed stdout: keep what was done
-        exc.checkpoint = state.checkpoint(running)  # type: ignore[attr-defined]
+        exc.checkpoint = checkpoint(running)  # type: ignore[attr-defined]
         if isinstance(exc, KeyboardInterrupt):
             try:
                 end("interrupted")
@@ -4689,14 +4721,6 @@ def cmd_run(args: argparse.Namespace, term: Term) -> int:
     return 1 if result.verdict == "revise" else 0
 
 
-def _workflow_ref(workflow: Workflow) -> dict:
-    import hashlib
-
-    return {"path": os.path.abspath(workflow.path) if workflow.path else None,
-            "preset": workflow.preset,
-            "sha256": hashlib.sha256(workflow.text.encode("utf-8")).hexdigest()}
-
-
 def _run_saving(args: argparse.Namespace, term: Term, workflow: Workflow, project: Project,
                 saved: dict, path: str | None) -> RunResult:
     """Run; when a step fails or the run is stopped, write the checkpoint (SPEC §10)."""
@@ -4707,12 +4731,12 @@ def _run_saving(args: argparse.Namespace, term: Term, workflow: Workflow, projec
     try:
         return run_workflow(workflow, saved["task"], root=project, live=saved["mode"] == "live",
                             models=saved["models"], env=project.environ, on_event=view,
-                            resume=saved.get("state"))
+                            resume=saved if "state" in saved else None)
     except (StepFailed, KeyboardInterrupt, BrokenPipeError) as exc:
-        state = getattr(exc, "checkpoint", None)
-        if state is not None:
+        data = getattr(exc, "checkpoint", None)
+        if data is not None:
             exc.checkpoint_path = _write_checkpoint(  # type: ignore[union-attr]
-                dict(saved, state=state), path, project, term, verbose=args.verbose,
+                data, path, project, term, verbose=args.verbose,
                 json_view=view if args.json else None)
         raise
 
@@ -4723,9 +4747,7 @@ def _write_checkpoint(data: dict, path: str | None, project: Project, term: Term
     import json
     import tempfile
 
-    data = _redact_data({"aethr_checkpoint": 1, "aethr_version": __version__, **data},
-                        project.secrets)
-    text = json.dumps(data, ensure_ascii=False, indent=1)
+    text = json.dumps(_redact_data(data, project.secrets), ensure_ascii=False, indent=1)
     try:
         if path is None:
             fd, path = tempfile.mkstemp(prefix="aethr-checkpoint-", suffix=".json")
@@ -4746,17 +4768,6 @@ def _write_checkpoint(data: dict, path: str | None, project: Project, term: Term
     if verbose:
         term.status(text)
     return path
-
-
-def _redact_data(obj: Any, secrets: list[str]) -> Any:
-    """Every string in `obj` redacted: before JSON escaping could hide a secret's text."""
-    if isinstance(obj, str):
-        return redact(obj, secrets)
-    if isinstance(obj, dict):
-        return {k: _redact_data(v, secrets) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_redact_data(v, secrets) for v in obj]
-    return obj
 
 
 def _resume_line(exc: BaseException, term: Term) -> None:

@@ -612,7 +612,8 @@ def test_run_workflow_live_failure_raises_step_failed_with_the_checkpoint(change
     exc = info.value
     assert exc.exit_code == 3 and exc.step == "review"
     assert "The server had an error while processing your request" in exc.message
-    cp = exc.checkpoint
+    cp = exc.checkpoint["state"]
+    assert exc.checkpoint["mode"] == "live" and exc.checkpoint["task"]
     assert isinstance(cp, dict)
     assert json.loads(json.dumps(cp)) == cp                 # plain data: the CLI writes it
     assert [r["step"] for r in cp["results"]] == ["plan"]
@@ -627,7 +628,8 @@ def test_run_workflow_live_failure_raises_step_failed_with_the_checkpoint(change
     assert repo_state(changed_repo) == state
     # The checkpoint data resumes the run: the plan step is not called again.
     server.add(Reply.sse(openai_sse(PASS, (200, 11))))
-    result = aethr.run_workflow(wf, TASK, root=changed_repo, live=True, env=env, resume=cp)
+    result = aethr.run_workflow(wf, TASK, root=changed_repo, live=True, env=env,
+                                resume=exc.checkpoint)
     assert result.verdict == "pass" and [r.step for r in result.steps] == ["plan", "review"]
     assert len(server.requests) == 3
     assert (result.usage["input"], result.usage["output"]) == (300, 18)

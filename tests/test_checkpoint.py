@@ -1205,8 +1205,8 @@ def test_api_ctrl_c_leaves_a_checkpoint_on_the_exception(git_repo, monkeypatch):
     with pytest.raises(KeyboardInterrupt) as info:
         aethr.run_workflow(workflow, "fix the bug", root=git_repo, env=env)
     cp = info.value.checkpoint
-    assert cp["next_step"] == 1
-    assert cp["partial"] == {"step": "implement", "output": "half", "incomplete": True}
+    assert cp["state"]["next_step"] == 1
+    assert cp["state"]["partial"] == {"step": "implement", "output": "half", "incomplete": True}
     result = aethr.run_workflow(workflow, "fix the bug", root=git_repo, env=env, resume=cp)
     assert [r.step for r in result.steps] == ["plan", "implement", "review", "summary"]
     assert script.calls == Counter({"plan": 1, "implement": 2, "review": 1, "summary": 1})

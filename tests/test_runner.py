@@ -625,9 +625,12 @@ def test_failing_step_raises_step_failed(git_repo, monkeypatch):
     assert events[-1]["error"] == exc.message
     assert [e["step"] for e in ends(events)] == ["plan", "implement"]
     # The checkpoint data: the completed steps and where to resume.
-    assert exc.checkpoint["next_step"] == 2
-    assert [r["step"] for r in exc.checkpoint["results"]] == ["plan", "implement"]
-    assert exc.checkpoint["partial"] == {"step": "review", "output": "", "incomplete": True}
+    data = exc.checkpoint                    # the whole checkpoint (SPEC §10, §13)
+    assert data["aethr_checkpoint"] == 1 and data["task"] == "fix it" and data["mode"] == "mock"
+    assert data["root"] == str(git_repo) and len(data["workflow"]["sha256"]) == 64
+    assert data["state"]["next_step"] == 2
+    assert [r["step"] for r in data["state"]["results"]] == ["plan", "implement"]
+    assert data["state"]["partial"] == {"step": "review", "output": "", "incomplete": True}
 
 
 def test_failing_step_via_cli_exits_3(git_repo, monkeypatch, cli):
