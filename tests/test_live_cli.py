@@ -75,3 +75,55 @@ def test_live_run_without_a_key_stops_before_any_request(changed_repo, server, c
     assert "OPENAI_API_KEY" in res.err and "aethr auth login openai" in res.err
     assert res.out == ""
     assert server.requests == []
+
+
+# -- loops in live mode (SPEC §8), against the scripted loopback provider -------------------------
+
+LOOP = """\
+roles:
+  writer: Write the change.
+  reviewer: Review the change.
+models:
+  default: openai:gpt-5.5
+steps:
+  - id: write
+    role: writer
+  - id: review
+    role: reviewer
+    repeat: {back_to: write, %s, max_iterations: 3}
+"""
+
+
+def loop_run(repo, server, cli, until, answers):
+    (repo / ".aethr.yaml").write_text(LOOP % until)
+    for text in answers:
+        server.add(Reply.sse(answer_body(text)))
+    return cli("run", "loop it", env=live_env(server))
+
+
+def test_live_loop_revise_then_pass(changed_repo, server, cli):
+    r = loop_run(changed_repo, server, cli, "until_review_pass: true",
+                 ["draft one", "Review status: revise", "draft two", "Review status: pass"])
+    assert r.code == 0, r
+    assert len(server.requests) == 4
+    assert "iteration 2/3" in r.err and "verdict pass" in r.err
+    # The second review sees the second draft (history), and the loop protocol is appended.
+    second_review = server.requests[3].json["messages"]
+    assert "draft two" in second_review[1]["content"]
+    assert "Review status: pass" in second_review[0]["content"]
+
+
+def test_live_loop_always_revise_runs_out(changed_repo, server, cli):
+    r = loop_run(changed_repo, server, cli, "until_review_pass: true",
+                 ["d1", "Review status: revise"] * 3)
+    assert r.code == 1, r
+    assert len(server.requests) == 6
+    assert "did not pass after 3 iterations" in r.err and "verdict revise" in r.err
+
+
+def test_live_loop_until_contains(changed_repo, server, cli):
+    r = loop_run(changed_repo, server, cli, "until_contains: SHIPPED",
+                 ["d1", "not yet", "d2", "all good, SHIPPED"])
+    assert r.code == 0, r
+    assert len(server.requests) == 4
+    assert "Include the exact text SHIPPED" in server.requests[1].json["messages"][0]["content"]
