@@ -2720,7 +2720,10 @@ def _http_status_error(provider: str, status: int, headers: Any, body: bytes,
     elif _http_bad_key(provider, status, info, message):
         if key is not None:
             text += f"; the key in {key[0]} (from {key_source(environ, key[0])}) was rejected"
-            hint = f"check {key[0]}, or store a new key with: aethr auth login {provider}"
+            hint = (f"check {key[0]}, or store a new key with: aethr auth login {provider}"
+                    if key_source(environ, key[0]) == ".env" else
+                    f"check {key[0]} in your environment (it wins over .env), or unset it "
+                    f"and run: aethr auth login {provider}")
         elif PROVIDER_KEYS.get(provider):
             text += f"; no key was sent ({PROVIDER_KEYS[provider][0]} is not set)"
             hint = f"run: aethr auth login {provider}"
@@ -3422,6 +3425,19 @@ def snapshot_tree(project: Project) -> str:
 _ART_STATUS = {"A": "A", "M": "M", "D": "D", "R": "R", "T": "M", "C": "A"}
 
 
+def _submodule_dirt(project: Project) -> dict[str, str]:
+    """Submodules with uncommitted work: path -> git's porcelain v2 state (`S.M.` …)."""
+    out = _git(["status", "--porcelain=2", "-z", "--ignore-submodules=none",
+                "--untracked-files=no"], project.top, project.environ, check=False)[0]
+    dirt = {}
+    for entry in out.decode("utf-8", "surrogateescape").split("\0"):
+        fields = entry.split(" ", 8)        # "1 XY sub mH mI mW hH hI path"
+        if fields[0] == "1" and len(fields) == 9 and fields[2][:1] == "S" \
+                and fields[2] != "S...":
+            dirt[printable(fields[8])] = fields[2]
+    return dirt
+
+
 def artifact_between(project: Project, before: str | None, after: str | None) -> Artifact:
     """What changed from tree `before` to tree `after`: files, diff stat and patch."""
     if not project.top or not before or not after:
@@ -3724,6 +3740,7 @@ class OpenCodeBackend:
             argv.append("--dangerously-skip-permissions")
         # 1. The tree before, so the artifact is what this step changed and nothing else.
         before = snapshot_tree(project) if project.top else None
+        dirt = _submodule_dirt(project) if before else {}
         events = _OpenCodeEvents(step, project.root, emit, project.secrets)
         try:
             self._spawn(argv, project, prompt, events)
@@ -3745,7 +3762,15 @@ class OpenCodeBackend:
         # 2. The tree after: the difference is the step's artifact.
         if before:
             artifact = artifact_between(project, before, snapshot_tree(project))
-            if not artifact.files:
+            after = _submodule_dirt(project)
+            moved = sorted(p for p in set(dirt) | set(after) if dirt.get(p) != after.get(p))
+            if moved:
+                # Edits inside a submodule are not in the superproject's trees (SPEC §7).
+                note = (f"uncommitted changes inside submodules: {', '.join(moved)} (not part "
+                        "of this artifact)")
+                artifact.note = f"{artifact.note}; {note}" if artifact.note else note
+                emit({"event": "warning", "step": step.id, "message": note})
+            elif not artifact.files:
                 emit({"event": "warning", "step": step.id, "message":
                       "OpenCode changed no file" + (
                           f" ({_plural(len(events.rejected), 'tool')} rejected: "

@@ -936,3 +936,24 @@ def test_cli_ctrl_c_in_a_real_process_leaves_no_orphan(git_repo, opencode, tmp_p
             proc.kill()
     assert proc.returncode == 130, err
     assert wait_gone(int(pidfile.read_text()))
+
+
+def test_uncommitted_edits_inside_a_submodule_are_noted(git_repo, opencode, tmp_path):
+    upstream = tmp_path / "upstream2"
+    upstream.mkdir()
+    git(upstream, "init", "-q", "-b", "main")
+    (upstream / "lib.txt").write_text("v1\n")
+    git(upstream, "add", "-A")
+    git(upstream, "commit", "-q", "-m", "v1")
+    git(git_repo, "-c", "protocol.file.allow=always", "submodule", "add", "-q", str(upstream),
+        "vendor/lib")
+    git(git_repo, "commit", "-q", "-m", "submodule")
+    # OpenCode edits a file inside the submodule and commits nothing.
+    opencode.play(START, ["write", "vendor/lib/lib.txt", "v2\n"], text("done"), finish())
+    run = run_backend(git_repo, opencode)
+    artifact, events = run.artifact, run.events
+    assert artifact.files == []
+    assert "uncommitted changes inside submodules: vendor/lib" in artifact.note
+    warnings = [e["message"] for e in events if e["event"] == "warning"]
+    assert any("vendor/lib" in w for w in warnings), warnings
+    assert not any("changed no file" in w for w in warnings), warnings
