@@ -480,9 +480,9 @@ class JsonView:
 # work inside one line and take and return a column instead, like tomllib's (src, pos).
 
 #: Characters outside YAML's printable set (line breaks are all "\n" by now). A BOM is
-#: printable but not allowed inside a document (YAML 1.2 nb-char), only at its start.
-_YAML_BAD_CHAR = _Regex(
-    r"[^\t\n\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufefe\uff00-\ufffd\U00010000-\U0010ffff]")
+#: printable but not allowed inside a document (YAML 1.2 nb-char), only at its start. The bad
+#: ranges are listed, not the complement of the good ones: that class took 6 ms to compile.
+_YAML_BAD_CHAR = _Regex(r"[\x00-\x08\x0b-\x1f\x7f-\x84\x86-\x9f\ud800-\udfff\ufeff\ufffe\uffff]")
 #: A line that holds nothing: spaces, then maybe a comment.
 _YAML_BLANK = _Regex(r" *(?:#.*)?")
 #: A document marker ("---" or "...") at the start of a line.
