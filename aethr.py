@@ -1126,6 +1126,8 @@ def _source_problem(text: str) -> tuple[str, str | None] | None:
     import re
 
     kind, colon, arg = text.partition(":")
+    if "\0" in text:
+        return "a context source may not contain a NUL character", None
     if kind not in _SOURCES:
         return (f"unknown context source {text!r}",
                 _did_you_mean(kind, _SOURCES) or "use git_diff, git_diff:REV, latest_diff, "
@@ -1149,6 +1151,26 @@ def _source_problem(text: str) -> tuple[str, str | None] | None:
             except ValueError as exc:
                 return f"bad glob pattern {path!r}: {exc}", None
     return None
+
+
+def _glob_class(body: str, *, negate: bool) -> str:
+    """A `[…]` glob class as a regex class: ranges as fnmatch reads them, every character
+    escaped (so `--`, `&&` and `^` mean themselves), never matching `/`."""
+    import re
+
+    items, i = [], 0
+    while i < len(body):
+        if i + 2 < len(body) and body[i + 1] == "-":
+            low, high = body[i], body[i + 2]
+            if low <= high:             # fnmatch drops an empty range such as z-a
+                items.append(f"{re.escape(low)}-{re.escape(high)}")
+            i += 3
+        else:
+            items.append(re.escape(body[i]))
+            i += 1
+    if negate:
+        return "[^/" + "".join(items) + "]"
+    return "(?!/)[" + "".join(items) + "]" if items else "(?!)"
 
 
 def _glob_regex(pattern: str) -> re.Pattern[str]:
@@ -1184,9 +1206,7 @@ def _glob_regex(pattern: str) -> re.Pattern[str]:
                 end = part.find("]", start + 1 if part[start:start + 1] == "]" else start)
                 if end < 0:
                     raise ValueError("'[' without a closing ']'")
-                body = part[start:end]
-                body = "".join("\\" + ch if ch in "\\[]^" else ch for ch in body)
-                piece.append(f"[^/{body}]" if start == j + 2 else f"[{body}]")
+                piece.append(_glob_class(part[start:end], negate=start == j + 2))
                 j = end
             else:
                 piece.append(re.escape(c))
@@ -1390,7 +1410,7 @@ def _check_workflow(data: object, ck: _Checker) -> dict:
         ck.add(("models",), f"models must be a mapping of role name to provider:model, not "
                f"{_describe(raw_models)}")
     for role, value in (raw_models.items() if isinstance(raw_models, dict) else ()):
-        if role != "default" and role not in (raw_roles or {}):
+        if role != "default" and role not in (raw_roles if isinstance(raw_roles, dict) else {}):
             ck.add(("models", role), f"models names {role!r}, which is not a role",
                    _did_you_mean(role, list(roles) + ["default"])
                    or "keys under models are role names or default", at_key=True)
@@ -1495,10 +1515,41 @@ def load_workflow(path: str | os.PathLike | None = None, *, text: str | None = N
                     **dict(fields, name=name))
 
 
+def _read_maybe_fifo(path: str, wait: float = 2.0) -> bytes:
+    """A file's bytes. A FIFO (`--workflow <(…)`) is opened on a thread: one that no writer
+    opens within `wait` seconds is an error instead of a hang; once open, it is read to EOF."""
+    import stat
+
+    if not stat.S_ISFIFO(os.stat(path).st_mode):
+        with open(path, "rb") as f:
+            return f.read()
+    import threading
+
+    opened = threading.Event()
+    got: list = []
+
+    def read() -> None:
+        try:
+            with open(path, "rb") as f:
+                opened.set()
+                got.append(f.read())
+        except OSError as exc:
+            got.append(exc)
+        opened.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    if not opened.wait(wait):
+        raise ConfigError(f"{path} is a FIFO that nothing writes to (waited {wait:g} s)")
+    reader.join()
+    if isinstance(got[0], OSError):
+        raise got[0]
+    return got[0]
+
+
 def _read_workflow_file(path: str) -> str:
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        data = _read_maybe_fifo(path)
     except FileNotFoundError:
         raise ConfigError(f"workflow file not found: {path}",
                           hint="aethr init --list shows the presets to start from") from None
@@ -1524,11 +1575,17 @@ _PRIVATE_VARS = ("GIT_INDEX_FILE",)
 
 
 def printable(text: str) -> str:
-    """`text` with bytes that were not UTF-8 (surrogate escapes) shown as U+FFFD."""
+    """`text` with bytes that were not UTF-8 (surrogate escapes) and lone surrogates as U+FFFD."""
     try:
-        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        text.encode("utf-8")
+        return text
     except UnicodeEncodeError:
-        return text.encode("utf-8", "replace").decode("utf-8")
+        pass
+    # Escaped bytes (U+DC80..U+DCFF) may still spell UTF-8 together; other lone surrogates
+    # (a Windows argv can hold them) cannot.
+    text = "".join("\ufffd" if "\ud800" <= c <= "\udfff" and not "\udc80" <= c <= "\udcff"
+                   else c for c in text)
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def _relative(path: str) -> str:
@@ -1945,7 +2002,7 @@ def _file_body(project: Project, rel: str, label: str) -> tuple[str | None, str,
         return None, why, 0
     text, why, size = _read_text(os.path.join(project.root, rel), FILE_CAP, project.secrets)
     if text is not None and size > FILE_CAP:
-        cut = f"\n[\u2026 {label}: {_size(size)}, first {_size(FILE_CAP)} shown]"
+        cut = f"\n[\u2026 {printable(label)}: {_size(size)}, first {_size(FILE_CAP)} shown]"
         text = text.rstrip("\n") + cut
     return text, why, size
 
@@ -1980,7 +2037,7 @@ def _ctx_glob(project: Project, source: str, pattern: str) -> Block:
         room = GLOB_CAP - total
         if len(text.encode("utf-8")) > room:
             text = text.encode("utf-8")[:room].decode("utf-8", "ignore") + (
-                f"\n[\u2026 {rel}: cut at the glob's {_size(GLOB_CAP)} limit]")
+                f"\n[\u2026 {printable(rel)}: cut at the glob's {_size(GLOB_CAP)} limit]")
         parts.append(f"### {printable(rel)}\n\n{text.rstrip(chr(10))}\n")
         shown += 1
         total += len(text.encode("utf-8"))
@@ -2706,10 +2763,11 @@ def _http_bad_key(provider: str, status: int, info: dict, message: str) -> bool:
 def _http_status_error(provider: str, status: int, headers: Any, body: bytes,
                        environ: dict[str, str]) -> ProviderError:
     """The ProviderError for an HTTP error status, with the provider's own message."""
+    # Secrets go before the message is shortened: a cut must not leave part of a key.
+    for value in secret_values(environ):
+        body = body.replace(value.encode("utf-8", "surrogateescape"), b"[redacted]")
     message, info = _http_message(body)
     key = provider_key(provider, environ)
-    if key is not None:
-        message = message.replace(key[1], "[redacted]")
     text = f"{provider}: HTTP {status}: {message or 'no message'}"
     hint = None
     billing = _http_billing(provider, status, info, message)
@@ -2973,10 +3031,8 @@ class _HTTPProvider(Provider):
         """The ProviderError for an error that arrived inside a 200 stream."""
         info = error if isinstance(error, dict) else {}
         message = str(info.get("message") or info.get("type") or "") if info else str(error)
-        message = _http_clean(message or "no message")
-        key = provider_key(self.name, self.environ)
-        if key is not None:
-            message = message.replace(key[1], "[redacted]")
+        # Secrets go before the message is shortened: a cut must not leave part of a key.
+        message = _http_clean(redact(message, secret_values(self.environ)) or "no message")
         # OpenRouter puts the HTTP status it would have sent in `code` (402: out of credits).
         code = info.get("code")
         status = code if isinstance(code, int) and not isinstance(code, bool) else None
@@ -4692,7 +4748,7 @@ def _read_task(args: argparse.Namespace, term: Term) -> str:
         raise UsageError("the task is empty; nothing was run",
                          hint='aethr run "what you want done"')
     # Bytes that are not UTF-8 (in argv or on stdin) become U+FFFD, never a crash.
-    return text.strip().encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return printable(text.strip())
 
 
 def _show_prompts(workflow: Workflow, task: str, project: Project, overrides: dict[str, str],
@@ -4772,16 +4828,20 @@ def _write_checkpoint(data: dict, path: str | None, project: Project, term: Term
     import json
     import tempfile
 
-    text = json.dumps(_redact_data(data, project.secrets), ensure_ascii=False, indent=1)
+    # ASCII JSON: a path that is not UTF-8 (surrogate escapes) survives as \udcXX.
+    text = json.dumps(_redact_data(data, project.secrets), ensure_ascii=True, indent=1)
+    created = path is None
     try:
         if path is None:
             fd, path = tempfile.mkstemp(prefix="aethr-checkpoint-", suffix=".json")
         else:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with os.fdopen(fd, "w", encoding="ascii") as f:
             f.write(text + "\n")
         os.chmod(path, 0o600)
     except OSError as exc:
+        if created and path and os.path.exists(path):
+            os.unlink(path)             # no empty checkpoint left behind
         term.warn(f"could not write a checkpoint: {exc.strerror or exc} "
                   f"({exc.filename or tempfile.gettempdir()})")
         if json_view is not None:
