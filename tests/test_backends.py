@@ -725,16 +725,21 @@ def test_repo_without_a_commit_but_a_staged_file(tmp_path, opencode):
     assert index_state(repo) == state
 
 
-def test_submodule_commit_change_is_noted(git_repo, tmp_path):
+def add_submodule(repo, tmp_path) -> None:
+    """A committed submodule at vendor/lib (one file, lib.txt: v1)."""
     upstream = tmp_path / "upstream"
     upstream.mkdir()
     git(upstream, "init", "-q", "-b", "main")
     (upstream / "lib.txt").write_text("v1\n")
     git(upstream, "add", "-A")
     git(upstream, "commit", "-q", "-m", "v1")
-    git(git_repo, "-c", "protocol.file.allow=always", "submodule", "add", "-q", str(upstream),
+    git(repo, "-c", "protocol.file.allow=always", "submodule", "add", "-q", str(upstream),
         "vendor/lib")
-    git(git_repo, "commit", "-q", "-m", "submodule")
+    git(repo, "commit", "-q", "-m", "submodule")
+
+
+def test_submodule_commit_change_is_noted(git_repo, tmp_path):
+    add_submodule(git_repo, tmp_path)
     project = aethr.Project(str(git_repo), dict(os.environ))
     before = aethr.snapshot_tree(project)
     sub = git_repo / "vendor" / "lib"
@@ -939,15 +944,7 @@ def test_cli_ctrl_c_in_a_real_process_leaves_no_orphan(git_repo, opencode, tmp_p
 
 
 def test_uncommitted_edits_inside_a_submodule_are_noted(git_repo, opencode, tmp_path):
-    upstream = tmp_path / "upstream2"
-    upstream.mkdir()
-    git(upstream, "init", "-q", "-b", "main")
-    (upstream / "lib.txt").write_text("v1\n")
-    git(upstream, "add", "-A")
-    git(upstream, "commit", "-q", "-m", "v1")
-    git(git_repo, "-c", "protocol.file.allow=always", "submodule", "add", "-q", str(upstream),
-        "vendor/lib")
-    git(git_repo, "commit", "-q", "-m", "submodule")
+    add_submodule(git_repo, tmp_path)
     # OpenCode edits a file inside the submodule and commits nothing.
     opencode.play(START, ["write", "vendor/lib/lib.txt", "v2\n"], text("done"), finish())
     run = run_backend(git_repo, opencode)
