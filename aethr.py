@@ -1996,8 +1996,12 @@ def _read_text(path: str, cap: int, secrets: list[str]) -> tuple[str | None, str
     return text, "", size
 
 
-def _file_body(project: Project, rel: str, label: str) -> tuple[str | None, str, int]:
-    why = _refusal(project, rel) or ("ignored by git, not read" if project.ignored(rel) else "")
+def _file_body(project: Project, rel: str, label: str, *, listed: bool = False
+               ) -> tuple[str | None, str, int]:
+    # `listed`: the path came from `git ls-files --exclude-standard`, so git does not ignore it
+    # (asking again would cost one git process per file of a glob).
+    ignored = not listed and project.ignored(rel)
+    why = _refusal(project, rel) or ("ignored by git, not read" if ignored else "")
     if why:
         return None, why, 0
     text, why, size = _read_text(os.path.join(project.root, rel), FILE_CAP, project.secrets)
@@ -2029,7 +2033,7 @@ def _ctx_glob(project: Project, source: str, pattern: str) -> Block:
             parts.append(f"[\u2026 {_plural(rest, 'more file')} not shown: a glob shows at most "
                          f"{GLOB_MAX_FILES} files and {_size(GLOB_CAP)}]")
             break
-        text, why, _ = _file_body(project, rel, rel)
+        text, why, _ = _file_body(project, rel, rel, listed=True)
         if text is None:
             if why != "not found":      # tracked but deleted: nothing to show
                 parts.append(f"[{printable(rel)} \u2014 {why}]")
