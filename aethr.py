@@ -2492,16 +2492,18 @@ def _retry_sleep(seconds: float) -> None:
 
 
 def _http_is_loopback(host: str) -> bool:
-    """127.0.0.0/8, ::1 and localhost: never reached through a proxy."""
+    """127.0.0.0/8, ::1, localhost, and 0.0.0.0 / :: (which connect to this host): never
+    reached through a proxy."""
     import ipaddress
 
     host = host.strip("[]").lower().rstrip(".")
     if host == "localhost" or host.endswith(".localhost"):
         return True
     try:
-        return ipaddress.ip_address(host.partition("%")[0]).is_loopback
+        address = ipaddress.ip_address(host.partition("%")[0])
     except ValueError:
         return False
+    return address.is_loopback or address.is_unspecified
 
 
 def _http_proxy(url: str, environ: dict[str, str]) -> str | None:

@@ -1076,3 +1076,11 @@ def test_redirects_are_errors_not_silent_gets(server, sleeps):
                                  "https://elsewhere.example/v1/chat/completions")
     assert "OPENAI_BASE_URL" in out.error.hint
     assert len(server.requests) == 1 and sleeps == []
+
+
+@pytest.mark.parametrize("host, loopback", [
+    ("127.0.0.1", True), ("127.9.9.9", True), ("[::1]", True), ("localhost", True),
+    ("0.0.0.0", True), ("[::]", True), ("10.0.0.1", False), ("example.com", False),
+])
+def test_loopback_hosts_never_go_through_a_proxy(host, loopback):
+    assert aethr._http_is_loopback(host) is loopback
