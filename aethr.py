@@ -224,6 +224,7 @@ class Term:
         self.inp = inp if inp is not None else sys.stdin
         self.environ = os.environ if environ is None else environ
         self.no_color = False
+        self.debug = False          # AETHR_DEBUG, from the environment or the project's .env
         self._decided: dict[int, tuple[bool, bool]] = {}
 
     @staticmethod
@@ -4623,6 +4624,7 @@ def _open_project(args: argparse.Namespace | None, term: Term, root: str | None 
     for warning in warnings:
         term.warn(warning)
     project.environ, project.secrets = env, secret_values(env)
+    term.debug = env_bool(env, "AETHR_DEBUG")        # .env may set it too
     return project, found
 
 
@@ -5196,7 +5198,6 @@ def main(argv: list[str] | None = None, term: Term | None = None) -> int:
         _setup_streams()
         term = Term()
     argv = sys.argv[1:] if argv is None else list(argv)
-    debug = False
     try:
         # `version` and `init --list` answer before argparse is even imported (SPEC §12).
         words = [a for a in argv if a != "--no-color"]
@@ -5208,12 +5209,12 @@ def main(argv: list[str] | None = None, term: Term | None = None) -> int:
             return 0
         args = _parse_args(argv, term)
         term.no_color = args.no_color
-        debug = env_bool(term.environ, "AETHR_DEBUG")
+        term.debug = env_bool(term.environ, "AETHR_DEBUG")
         return args.func(args, term)
     except _Exit as exc:
         return exc.status
     except AethrError as exc:
-        term.error(exc, traceback=debug)
+        term.error(exc, traceback=term.debug)
         _resume_line(exc, term)
         return exc.exit_code
     except KeyboardInterrupt as exc:

@@ -834,3 +834,12 @@ def test_an_empty_exported_variable_does_not_hide_the_dotenv_value(cli, git_repo
     assert r.code == 0, r
     openai = next(line for line in r.out.splitlines() if line.startswith("openai"))
     assert "set in .env" in openai
+
+
+def test_aethr_debug_from_dotenv_shows_tracebacks(cli, git_repo):
+    (git_repo / ".gitignore").write_text(".env\n")
+    (git_repo / ".env").write_text("AETHR_DEBUG=1\n")
+    r = cli("run", "--preset", "nope", "x")
+    assert r.code == 2, r
+    assert r.err.startswith("Traceback (most recent call last):")
+    assert "aethr: error: unknown preset 'nope'" in r.err
