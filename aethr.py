@@ -4417,11 +4417,30 @@ def _parser_class() -> type:
         return _ARGPARSER
     import argparse
 
+    def width() -> int:
+        # argparse would ask shutil (which imports bz2, lzma and zlib) on every parser.
+        try:
+            return int(os.environ["COLUMNS"]) - 2
+        except (KeyError, ValueError):
+            pass
+        try:
+            return os.get_terminal_size(sys.__stdout__.fileno()).columns - 2
+        except (AttributeError, OSError, ValueError):
+            return 78
+
+    class _Help(argparse.HelpFormatter):
+        def __init__(self, prog: str, **kw: Any) -> None:
+            super().__init__(prog, **dict(kw, width=kw.get("width") or width()))
+
+    class _RawHelp(_Help, argparse.RawDescriptionHelpFormatter):
+        pass
+
     class _ArgParser(argparse.ArgumentParser):
         """argparse that writes through a Term and never calls sys.exit."""
 
         def __init__(self, *args: Any, term: Term | None = None, **kw: Any) -> None:
             kw.setdefault("allow_abbrev", False)    # run x --show must not mean --show-prompt
+            kw.setdefault("formatter_class", _Help)
             self.term = term or Term()
             try:    # Python 3.14+ colours help and errors: same decision as ours (SPEC §9)
                 super().__init__(*args, color=self.term.color(self.term.err), **kw)
@@ -4439,6 +4458,7 @@ def _parser_class() -> type:
                 self._print_message(message, sys.stderr)
             raise _Exit(status)
 
+    _ArgParser.help_formats = (_Help, _RawHelp)
     _ARGPARSER = _ArgParser
     return _ArgParser
 
@@ -4448,13 +4468,11 @@ _ARGPARSER: type | None = None
 
 def build_parser(term: Term | None = None) -> tuple[Any, dict[str, Any]]:
     """The top-level parser and one parser per command."""
-    import argparse
-
     _ArgParser = _parser_class()
     common = _ArgParser(add_help=False, term=term)
     common.add_argument("--no-color", action="store_true", help="no colour in the output")
     top = _ArgParser(prog="aethr", parents=[common], term=term,
-                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                     formatter_class=_ArgParser.help_formats[1],
                      description="Run explicit AI coding workflows: plan, implement, review, "
                      "iterate.",
                      epilog="Mock mode (the default) calls no model.\n"
