@@ -4113,7 +4113,7 @@ def run_workflow(workflow: Workflow, task: str, *, root: str | Project = ".", li
     environ = os.environ if env is None else env
     emit = on_event or (lambda event: None)
     project = root if isinstance(root, Project) else Project(os.fspath(root), environ)
-    overrides, secrets, steps = models or {}, secret_values(environ), workflow.steps
+    overrides, secrets, steps = models or {}, project.secrets, workflow.steps
     mode = "live" if live else "mock"
     state = _RunState(resume["state"] if resume and "state" in resume else resume)
     # AETHR_MODEL is an override too: the checkpoint keeps it, so a resume calls the same.
@@ -4238,7 +4238,7 @@ def render_prompts(workflow: Workflow, task: str, project: Project, *,
 
     With `resume` (a checkpoint), only the remaining steps, with the real earlier results.
     """
-    environ, secrets = project.environ, secret_values(project.environ)
+    environ, secrets = project.environ, project.secrets
     state = _RunState(resume)
     pending: list[str] = []
     implementer = None
@@ -4336,14 +4336,19 @@ def _dotenv_value(raw: str) -> str | None:
     return re.split(r"[ \t]#", raw, maxsplit=1)[0].strip()
 
 
+def dotenv_tracked(project: Project) -> bool:
+    """Whether git tracks the project's .env (then it is neither loaded nor written)."""
+    return bool(project.top) and bool(_git(["ls-files", "-z", "--", ".env"], project.root,
+                                           project.environ, check=False)[0])
+
+
 def load_dotenv(project: Project) -> tuple[Env, list[str]]:
     """The project's `.env` merged under the environment (SPEC §11): (env, warnings)."""
     env = Env(project.environ)
     path = os.path.join(project.root, ".env")
     if not os.path.isfile(path):
         return env, []
-    if project.top and _git(["ls-files", "-z", "--", ".env"], project.root, project.environ,
-                            check=False)[0]:
+    if dotenv_tracked(project):
         return env, [".env is tracked by git, so it was not loaded: a committed .env could "
                      "point a base URL elsewhere and receive your key (git rm --cached .env)"]
     try:
@@ -4815,13 +4820,8 @@ def cmd_run(args: argparse.Namespace, term: Term) -> int:
     task = _read_task(args, term)
     if args.show_prompt:
         return _show_prompts(workflow, task, project, overrides, live, term)
-    # AETHR_MODEL is an override too: saved, so a resume calls the same models (SPEC §10).
-    models = dict(overrides)
-    env_model = project.environ.get("AETHR_MODEL", "").strip()
-    if env_model and "*" not in models:
-        models["*"] = env_model
-    saved = {"task": task, "mode": "live" if live else "mock", "models": models,
-             "workflow": _workflow_ref(workflow), "root": project.root}
+    # run_workflow builds the checkpoint itself (AETHR_MODEL folded in as an override).
+    saved = {"task": task, "mode": "live" if live else "mock", "models": overrides}
     result = _run_saving(args, term, workflow, project, saved, None)
     if (args.preset or args.model) and workflow.preset and not args.json:
         _promote(workflow.preset, args.model, live, project.root, term)
@@ -4953,7 +4953,6 @@ def _resume(args: argparse.Namespace, term: Term) -> int:
         return _show_prompts(workflow, saved["task"], project, saved["models"], live, term,
                              resume=saved["state"])
     term.note(f"resuming {workflow.source} at step {state.next + 1}")
-    saved["workflow"] = _workflow_ref(workflow)     # after --force, the text as it is now
     result = _run_saving(args, term, workflow, project, saved, path)
     os.unlink(path)                     # completed: nothing is left behind
     return 1 if result.verdict == "revise" else 0
@@ -5172,8 +5171,7 @@ def cmd_auth(args: argparse.Namespace, term: Term) -> int:
         if term.environ.get(var):
             term.note(f"{var} is still set in the environment")
         return 0
-    if project.top and _git(["ls-files", "-z", "--", ".env"], project.root, project.environ,
-                            check=False)[0]:
+    if dotenv_tracked(project):
         raise UsageError(f"{path} is tracked by git: a key written there would be committed "
                          "(and aethr does not load a tracked .env)",
                          hint="git rm --cached .env, add .env to .gitignore, then log in again")
