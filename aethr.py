@@ -4843,19 +4843,20 @@ def _run_saving(args: argparse.Namespace, term: Term, workflow: Workflow, projec
         data = getattr(exc, "checkpoint", None)
         if data is not None:
             exc.checkpoint_path = _write_checkpoint(  # type: ignore[union-attr]
-                data, path, project, term, verbose=args.verbose,
+                data, path, term, verbose=args.verbose,
                 json_view=view if args.json else None)
         raise
 
 
-def _write_checkpoint(data: dict, path: str | None, project: Project, term: Term, *,
+def _write_checkpoint(data: dict, path: str | None, term: Term, *,
                       verbose: bool, json_view: Any) -> str | None:
     """Write a checkpoint (mode 0600, temp directory) and print the resume command."""
     import json
     import tempfile
 
-    # ASCII JSON: a path that is not UTF-8 (surrogate escapes) survives as \udcXX.
-    text = json.dumps(_redact_data(data, project.secrets), ensure_ascii=True, indent=1)
+    # The runner redacted the data already. ASCII JSON: a path that is not UTF-8 (surrogate
+    # escapes) survives as \udcXX.
+    text = json.dumps(data, ensure_ascii=True, indent=1)
     created = path is None
     try:
         if path is None:
@@ -5074,8 +5075,7 @@ def _check_summary(workflow: Workflow, project: Project, live: bool, term: Term)
     rows = []
     for step in workflow.steps:
         model = resolve_model(workflow, step, {}, project.environ)
-        target = (f"opencode {opencode_model(model) or '(its default model)'}"
-                  if step.backend == "opencode" else model or "(no model set)")
+        target = step_target(step, model, live=True)
         extra = ", ".join(step.context) or "no context"
         if step.history_visibility != "all":
             extra += f"; history {step.history_visibility}"
