@@ -2080,6 +2080,16 @@ class _Capped:
                 f"{_size(self.half)} shown]\n{tail.decode('utf-8', 'replace')}")
 
 
+def _own_group() -> dict[str, Any]:
+    """Popen arguments that start a child in its own process group, so _kill_tree reaches
+    everything it starts."""
+    if os.name == "nt":
+        import subprocess
+
+        return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
+    return {"start_new_session": True}
+
+
 def _kill_tree(proc: Any) -> None:
     """Stop a child and everything it started (its own process group)."""
     import signal
@@ -2101,11 +2111,9 @@ def run_shell(command: str, cwd: str, environ: dict[str, str], timeout: float
     import subprocess
     import threading
 
-    kw: dict[str, Any] = {"start_new_session": True} if os.name != "nt" else {
-        "creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
     proc = subprocess.Popen(command, shell=True, cwd=cwd, env=_child_env(environ),
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, **kw)
+                            stderr=subprocess.PIPE, **_own_group())
     # stdout and stderr share the command's cap (SPEC §4: 64 KiB of output in all).
     secrets = secret_values(environ)
     out, err = _Capped(CMD_CAP // 2, secrets), _Capped(CMD_CAP // 2, secrets)
@@ -3853,11 +3861,10 @@ class OpenCodeBackend:
 
         step = prompt.step
         env = _child_env(self.environ, PWD=project.root, OPENCODE_DISABLE_AUTOUPDATE="1")
-        kw: dict[str, Any] = {"start_new_session": True} if os.name != "nt" else {
-            "creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
         try:
             proc = subprocess.Popen(argv, cwd=project.root, env=env, stdin=subprocess.PIPE,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    **_own_group())
         except OSError as exc:
             raise BackendError(f"could not start OpenCode ({argv[0]}): {exc.strerror or exc}",
                                hint="npm install -g opencode-ai") from exc
