@@ -1649,54 +1649,99 @@ def _git(args: list[str], cwd: str, environ: dict[str, str], *, limit: int | Non
 
     Raises GitError with git's own stderr when `check` and git fails.
     """
-    import subprocess
-    import threading
-
     extra = {"GIT_TERMINAL_PROMPT": "0", "GIT_OPTIONAL_LOCKS": "0"}
     if index:
         extra["GIT_INDEX_FILE"] = index
-    cmd = ["git", *_GIT_FLAGS, *args]
+    errors = _Capped(2 * KIB, [])
     try:
-        proc = subprocess.Popen(cmd, cwd=cwd, env=_child_env(environ, **extra),
-                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE)
+        data, truncated, status, expired = _capture(
+            ["git", "-C", cwd, *_GIT_FLAGS, *args], _child_env(environ, **extra),
+            limit=limit, timeout=timeout, errors=errors)
     except FileNotFoundError:
         raise GitError("git is not installed (or not on PATH)",
                        hint="install git to use git context sources") from None
-    # stderr is drained on its own thread, so a chatty git can never block its stdout.
-    errors = _Capped(2 * KIB, [])
-    drain = threading.Thread(target=lambda: [errors.feed(c) for c in iter(
-        lambda: proc.stderr.read1(4096), b"")], daemon=True)
-    drain.start()
-    expired: list[bool] = []
-    timer = threading.Timer(timeout, lambda: (expired.append(True), proc.kill()))
-    timer.start()
-    chunks, size, truncated = [], 0, False
-    try:
-        while True:
-            chunk = proc.stdout.read1(65536)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-            if limit is not None and size > limit:
-                truncated = True
-                proc.kill()
-                break
-    finally:
-        timer.cancel()
-        proc.stdout.close()
-        status = proc.wait()
-        drain.join(timeout=5)
-        proc.stderr.close()
     if expired:
         raise GitError(f"git {args[0]} did not finish within {timeout:g} s")
     if check and status != 0 and not truncated:
         message = errors.text("git's stderr").strip().splitlines()
         raise GitError(f"git {args[0]} failed: " + (message[-1] if message else
                                                     f"exit status {status}"))
+    return data, truncated, status
+
+
+def _capture(argv: list[str], env: dict[str, str], *, limit: int | None, timeout: float,
+             errors: _Capped) -> tuple[bytes, bool, int, bool]:
+    """Run argv (stdin /dev/null) to its end: (stdout cut at `limit`, truncated?, exit status,
+    timed out?); stderr goes to `errors`.
+
+    On POSIX this is posix_spawn and poll, not subprocess: every run calls git, and importing
+    subprocess (with locale, signal, threading, selectors) would cost more than git itself.
+    """
+    if not hasattr(os, "posix_spawnp"):     # Windows
+        import subprocess
+
+        try:
+            proc = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL,
+                                  capture_output=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return b"", False, -1, True
+        errors.feed(proc.stderr)
+        cut = limit is not None and len(proc.stdout) > limit
+        return proc.stdout[:limit] if cut else proc.stdout, cut, proc.returncode, False
+    import select
+    import signal
+    import time
+
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    try:
+        # The pipes are close-on-exec; dup2 gives the child its own inheritable copies.
+        pid = os.posix_spawnp(argv[0], argv, env, setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
+                              file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                                            (os.POSIX_SPAWN_DUP2, out_w, 1),
+                                            (os.POSIX_SPAWN_DUP2, err_w, 2)])
+    except BaseException:
+        os.close(out_r)
+        os.close(err_r)
+        raise
+    finally:
+        os.close(out_w)
+        os.close(err_w)
+    chunks: list[bytes] = []
+    size, truncated, expired, status = 0, False, False, None
+    poller = select.poll()
+    poller.register(out_r, select.POLLIN)
+    poller.register(err_r, select.POLLIN)
+    reading = 2
+    deadline = time.monotonic() + timeout
+    try:
+        while reading and not truncated:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                expired = True
+                break
+            for fd, _ in poller.poll(left * 1000):
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    poller.unregister(fd)
+                    reading -= 1
+                elif fd == err_r:
+                    errors.feed(chunk)
+                else:
+                    chunks.append(chunk)
+                    size += len(chunk)
+                    truncated = limit is not None and size > limit
+        if reading:     # cut short (limit, timeout, Ctrl-C): git must not outlive us
+            os.kill(pid, signal.SIGKILL)
+        status = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    finally:
+        if status is None:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        os.close(out_r)
+        os.close(err_r)
     data = b"".join(chunks)
-    return (data[:limit] if truncated else data), truncated, status
+    return (data[:limit] if truncated else data), truncated, status, expired
 
 
 class Project:
@@ -4551,8 +4596,77 @@ def build_parser(term: Term | None = None) -> tuple[Any, dict[str, Any]]:
     return top, subs
 
 
+#: What the fast path knows of `run` and `check`: their options by kind ("flag", "value",
+#: "append") and their positional ("*": any number of words, or None). build_parser is the
+#: definition; a test holds this table to it.
+_QUICK = {
+    "run": ({"--show-prompt": "flag", "--live": "flag", "--workflow": "value",
+             "--preset": "value", "--model": "append", "--json": "flag", "--verbose": "flag",
+             "--resume-checkpoint": "value", "--force": "flag"}, "task"),
+    "check": ({"--workflow": "value", "--preset": "value", "--live": "flag"}, None),
+}
+
+
+class _Args:
+    """The fast path's result: the attributes argparse's Namespace would have."""
+
+    def __init__(self, **kw: Any) -> None:
+        self.__dict__.update(kw)
+
+
+def _quick_args(argv: list[str]) -> _Args | None:
+    """Parse a plain `run` or `check` command line without argparse, whose import and parser
+    cost more than the rest of `aethr run --show-prompt` (SPEC §12).
+
+    None for anything else (help, '--', a word or value starting with '-', an unknown option,
+    --workflow with --preset): argparse then parses it, and judges it.
+    """
+    i = 0
+    while i < len(argv) and argv[i] == "--no-color":
+        i += 1
+    if i == len(argv) or argv[i] not in _QUICK or "--" in argv:
+        return None
+    options, positional = _QUICK[argv[i]]
+    options = dict(options, **{"--no-color": "flag"})
+    args = {"command": argv[i], "func": globals()["cmd_" + argv[i]]}
+    for option, kind in options.items():
+        args[option[2:].replace("-", "_")] = [] if kind == "append" else (
+            False if kind == "flag" else None)
+    rest: list[str] = []
+    it = iter(argv[i + 1:])
+    for word in it:
+        if not word.startswith("-") or word == "-":
+            rest.append(word)
+            continue
+        option, eq, value = word.partition("=")
+        kind = options.get(option)
+        if kind is None or (kind == "flag" and eq):
+            return None
+        dest = option[2:].replace("-", "_")
+        if kind == "flag":
+            args[dest] = True
+            continue
+        if not eq:
+            value = next(it, "-")
+            if value.startswith("-"):
+                return None
+        if kind == "append":
+            args[dest].append(value)
+        else:
+            args[dest] = value
+    if (rest and not positional) or (args["workflow"] is not None and args["preset"] is not None):
+        return None
+    if positional:
+        args[positional] = rest
+    args["no_color"] = args["no_color"] or i > 0
+    return _Args(**args)
+
+
 def _parse_args(argv: list[str], term: Term) -> argparse.Namespace:
     term.no_color = "--no-color" in argv[:argv.index("--") if "--" in argv else len(argv)]
+    quick = _quick_args(argv)
+    if quick is not None:
+        return quick
     top, subs = build_parser(term)
     i = 0
     while i < len(argv) and argv[i] == "--no-color":

@@ -58,9 +58,20 @@ steps:
     role: writer
 """
 
-#: pip's generated console script (pip 23/24, distlib's template), byte for byte but the
-#: shebang: the fallback install must start up exactly like a real one.
+#: The console script pip 25 and later write (pip 26.3's template, byte for byte but the
+#: shebang): since pypa/pip#13166 it no longer imports `re`. The fallback install must start
+#: up exactly like a real one.
 CONSOLE_SCRIPT = """\
+#!{python}
+import sys
+from aethr import main
+if __name__ == '__main__':
+    sys.argv[0] = sys.argv[0].removesuffix('.exe')
+    sys.exit(main())
+"""
+#: What pip 24 and older write (distlib's template): it imports `re` before aethr starts.
+#: Timed for information, as `aethr-pip24`.
+OLD_CONSOLE_SCRIPT = """\
 #!{python}
 # -*- coding: utf-8 -*-
 import re
@@ -302,6 +313,11 @@ def install(python: str, tmp: str, env: dict[str, str], online: bool):
     tried = []
     try:
         check([python, "-m", "venv", venv], tmp, env)
+        if online:  # a user's pip is current: its console script imports less
+            try:
+                check([vpy, "-m", "pip", "install", "-q", "--upgrade", "pip"], tmp, env)
+            except (BenchError, subprocess.TimeoutExpired) as exc:
+                tried.append(f"pip install --upgrade pip: {str(exc).splitlines()[-1]}")
         attempts = [
             ("pip install --no-deps --no-build-isolation", ["--no-build-isolation"]),
             ("pip install --no-deps --no-index (isolated build, local wheels)", ["--no-index"]),
@@ -330,7 +346,8 @@ def install(python: str, tmp: str, env: dict[str, str], online: bool):
             tried.append(f"{label}: timed out")
             continue
         if r.returncode == 0 and os.path.exists(entry):
-            return vpy, entry, label, tried
+            pip = check([vpy, "-m", "pip", "--version"], tmp, env).split()[1]
+            return vpy, entry, f"{label} (pip {pip})", tried
         # pip ends with generic notes; the line saying what was missing is an ERROR/Error one.
         lines = [ln.strip() for ln in r.stderr.splitlines() if ln.strip()] or ["no bin/aethr"]
         reason = [ln for ln in lines if "ERROR:" in ln or "Error:" in ln] or lines
@@ -340,10 +357,35 @@ def install(python: str, tmp: str, env: dict[str, str], online: bool):
         [vpy, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], tmp, env
     ).strip()
     shutil.copy2(os.path.join(ROOT, "aethr.py"), purelib)
-    with open(entry, "w", encoding="utf-8") as f:
-        f.write(CONSOLE_SCRIPT.format(python=vpy))
-    os.chmod(entry, 0o755)
-    return vpy, entry, "aethr.py copied into site-packages + pip's console script", tried
+    write_script(entry, CONSOLE_SCRIPT.format(python=vpy))
+    return vpy, entry, "aethr.py copied into site-packages + pip 25+'s console script", tried
+
+
+def write_script(path: str, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.chmod(path, 0o755)
+
+
+def console_scripts(vpy: str, entry: str) -> tuple[str, str, str]:
+    """(the console script to time, pip 24's for information, a note on what was done).
+
+    An installed script that imports `re` came from a pip older than 25: the figure is for
+    what current pip writes, so a copy with that template is timed instead.
+    """
+    old = entry + "-pip24"
+    write_script(old, OLD_CONSOLE_SCRIPT.format(python=vpy))
+    with open(entry, encoding="utf-8") as f:
+        installed = f.read()
+    if "import re\n" not in installed:
+        return entry, old, "console script: pip 25+'s (no `import re`)"
+    current = entry + "-pip25"
+    write_script(current, CONSOLE_SCRIPT.format(python=vpy))
+    return current, old, (
+        "console script: the installing pip (older than 25) wrote one that imports `re`; the "
+        "figures time pip 25+'s template (`bin/aethr-pip25`), pip 24's is timed for information"
+        " (`--online` upgrades pip first)"
+    )
 
 
 # -- Stream latency --------------------------------------------------------------------------
@@ -683,12 +725,16 @@ def run(args: argparse.Namespace) -> int:
         # 1. Installed entry point vs the venv's own `-c pass`.
         print("Timing start-up ...", file=sys.stderr, flush=True)
         vpass = [[vpy, "-c", "pass"]]
+        entry, old_entry, script_note = console_scripts(vpy, entry)
+        notes.append(script_note)
         for words in (["version"], ["init", "--list"]):
             check([entry, *words], tmp, env)
             a, b = measure([[entry, *words]], vpass, runs, tmp, env)
             table.ratio(
                 f"`aethr {' '.join(words)}` (installed entry point)", a, b, "`-c pass`, venv", 1.5
             )
+        a, b = measure([[old_entry, "version"]], vpass, runs, tmp, env)
+        table.info("same, pip 24's console script (imports `re`)", a, b, "`-c pass`, venv")
         cached = any(
             name.startswith("aethr.") and name.endswith(".pyc")
             for dirpath, _, names in os.walk(os.path.dirname(os.path.dirname(entry)))

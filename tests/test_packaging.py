@@ -228,14 +228,27 @@ def test_commands_import_nothing_heavy(tmp_path, argv, expected_out):
 
 
 def test_importtime_measurement_sees_lazy_imports(git_repo):
-    """Control for the test above: `check` runs git, so the same measurement sees subprocess."""
+    """Control for the test above: `check` parses YAML and runs git, so the same measurement
+    sees select (git runs through posix_spawn and poll, not subprocess)."""
     baseline = _baseline(git_repo)
-    assert "subprocess" not in baseline
+    assert "select" not in baseline
     proc, names = _imported(
         str(AETHR_PY), "check", "--preset", "review-existing-diff", cwd=git_repo
     )
     assert proc.returncode == 0, proc.stderr
-    assert "subprocess" in names - baseline
+    assert "select" in names - baseline
+
+
+def test_show_prompt_runs_git_without_subprocess(git_repo):
+    """`run --show-prompt` runs git three times (SPEC §12): through posix_spawn, so neither
+    subprocess nor threading is imported for it; and a plain command line needs no argparse."""
+    (git_repo / "new.txt").write_text("new\n")
+    baseline = _baseline(git_repo)
+    proc, names = _imported(str(AETHR_PY), "run", "--show-prompt", "review", cwd=git_repo)
+    assert proc.returncode == 0, proc.stderr
+    assert "new.txt" in proc.stdout
+    heavy = {"subprocess", "threading", "argparse", "gettext", "locale"}
+    assert sorted((names - baseline) & heavy) == []
 
 
 # -- version and the ways to start it (SPEC §1, §2) ----------------------------------------------
