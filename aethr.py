@@ -114,7 +114,8 @@ CMD_TIMEOUT = 300
 GIT_TIMEOUT = 120
 
 #: Files never read as context, matched case-insensitively against each path
-#: component (SPEC §4); `.env.example` is the one .env* file that may be read.
+#: component (SPEC §4); `.env.example` is the one .env* file that may be read. Each is a
+#: NAME, a PREFIX* or a *SUFFIX (_never_read matches nothing else).
 NEVER_READ = (".env*", "*.pem", "*.key", "*.p12", "*.pfx", "id_rsa*", "id_ed25519*",
               ".netrc", ".npmrc", ".pypirc")
 
@@ -484,20 +485,6 @@ class JsonView:
 #: printable but not allowed inside a document (YAML 1.2 nb-char), only at its start. The bad
 #: ranges are listed, not the complement of the good ones: that class took 6 ms to compile.
 _YAML_BAD_CHAR = _Regex(r"[\x00-\x08\x0b-\x1f\x7f-\x84\x86-\x9f\ud800-\udfff\ufeff\ufffe\uffff]")
-#: A line that holds nothing: spaces, then maybe a comment.
-_YAML_BLANK = _Regex(r" *(?:#.*)?")
-#: A document marker ("---" or "...") at the start of a line.
-_YAML_MARKER = _Regex(r"(?:---|\.\.\.)(?:[ \t]|\Z)")
-_YAML_SPACES = _Regex(r" *")
-#: The rest of a plain scalar after its first character (YAML 1.2 ns-plain-char plus inner
-#: spaces): ": " and a ":" that ends the line stop it, and so does " #"; in flow context the
-#: flow indicators stop it too. Tabs stop it as well, and are then reported.
-_YAML_PLAIN = _Regex(r"(?:[^ \t:#]|:(?=[^ \t])|(?<! )#| +(?=[^ \t:#]|:[^ \t]))*")
-_YAML_PLAIN_FLOW = _Regex(
-    r"(?:[^ \t:#,\[\]{}]|:(?=[^ \t,\[\]{}])|(?<! )#| +(?=[^ \t:#,\[\]{}]|:[^ \t,\[\]{}]))*")
-_YAML_SINGLE = _Regex(r"'(?:[^']|'')*'")
-#: A double-quoted scalar up to (not including) its closing quote.
-_YAML_DOUBLE = _Regex(r'"(?:[^"\\]|\\.)*')
 #: Characters that cannot start a plain scalar (YAML 1.2 c-indicator minus "-?:").
 _YAML_INDICATORS = frozenset("[]{},#&*!|>'\"%@`")
 _YAML_START_ERRORS = {
@@ -512,11 +499,13 @@ _YAML_ESCAPES = {
     "L": "\u2028", "P": "\u2029",
 }
 _YAML_HEX_ESCAPES = {"x": 2, "u": 4, "U": 8}
-_YAML_HEX = _Regex(r"[0-9a-fA-F]*")
+_YAML_HEX = frozenset("0123456789abcdefABCDEF")
 _YAML_NULLS = frozenset(("~", "null", "Null", "NULL"))
 _YAML_BOOLS = {"true": True, "True": True, "TRUE": True,
                "false": False, "False": False, "FALSE": False}
-#: YAML 1.2.2 core schema (section 10.3.2): the plain scalars that are numbers.
+#: YAML 1.2.2 core schema (section 10.3.2): the plain scalars that are numbers. Only those
+#: that start like one are matched (and plain integers never): most scalars are words, and
+#: re costs more to import than a whole small workflow costs to parse.
 _YAML_NUMBER = _Regex(
     r"(?P<int>[-+]?[0-9]+)|0o(?P<oct>[0-7]+)|0x(?P<hex>[0-9a-fA-F]+)"
     r"|(?P<float>[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?)"
@@ -544,11 +533,11 @@ def _yaml_load_marked(text: str) -> tuple[object, dict, dict]:
     n = len(lines)
     # 1. Blank and comment lines, then at most one "---" line (with only a comment after it).
     i = 0
-    while i < n and _YAML_BLANK.fullmatch(lines[i]):
+    while i < n and _yaml_blank(lines[i]):
         i += 1
     if i < n and lines[i].startswith("%"):
         raise _yaml_err(i, 0, "directives ('%...') are not supported")
-    if i < n and lines[i].startswith("---") and _YAML_MARKER.match(lines[i]):
+    if i < n and lines[i].startswith("---") and _yaml_marker(lines[i]):
         pos = _yaml_spaces(lines[i], i, 3)
         if pos < len(lines[i]) and lines[i][pos] != "#":
             raise _yaml_err(i, pos, "content on the '---' line is not supported",
@@ -591,7 +580,9 @@ def _yaml_lines(text: str) -> list[str]:
         text = text[1:]
     # \r\n, \r and \n are all line breaks (YAML 1.2 b-break); block scalars get "\n".
     text = text.replace("\r\n", "\n").replace("\r", "\n")
-    bad = _YAML_BAD_CHAR.search(text)
+    # Printable text holds none of them; only other text pays for the regex.
+    bad = (None if text.replace("\t", "").replace("\n", "").isprintable()
+           else _YAML_BAD_CHAR.search(text))
     if bad:
         pos = bad.start()
         raise _yaml_err(text.count("\n", 0, pos), pos - text.rfind("\n", 0, pos) - 1,
@@ -606,6 +597,17 @@ def _yaml_indent(line: str) -> int:
     return len(line) - len(line.lstrip(" "))
 
 
+def _yaml_blank(line: str) -> bool:
+    """Whether a line holds nothing: spaces, then maybe a comment."""
+    rest = line.lstrip(" ")
+    return not rest or rest[0] == "#"
+
+
+def _yaml_marker(line: str) -> bool:
+    """Whether a document marker ("---" or "...") starts the line."""
+    return line[:3] in ("---", "...") and line[3:4] in ("", " ", "\t")
+
+
 def _yaml_is_dash(line: str, col: int) -> bool:
     """Whether a block sequence entry ("- " or a lone "-") starts at col."""
     return line.startswith("-", col) and (col + 1 == len(line) or line[col + 1] in " \t")
@@ -613,7 +615,7 @@ def _yaml_is_dash(line: str, col: int) -> bool:
 
 def _yaml_spaces(line: str, i: int, pos: int) -> int:
     """Skip spaces from pos; a tab there is an error (the subset's one rule for tabs)."""
-    pos = _YAML_SPACES.match(line, pos).end()
+    pos = len(line) - len(line[pos:].lstrip(" "))
     if line.startswith("\t", pos):
         raise _yaml_err(i, pos, _YAML_TAB)
     return pos
@@ -634,8 +636,8 @@ def _yaml_skip(lines: list[str], i: int) -> int:
     """Index of the first line at or after i that holds content (not blank or a comment)."""
     while i < len(lines):
         line = lines[i]
-        if not _YAML_BLANK.fullmatch(line):
-            if _YAML_MARKER.match(line):
+        if not _yaml_blank(line):
+            if _yaml_marker(line):
                 if line[0] == "-":
                     raise _yaml_err(i, 0, "only one document is allowed",
                                     hint="remove this '---' line or split the file")
@@ -787,13 +789,13 @@ def _yaml_token(line: str, i: int, pos: int, flow: bool) -> tuple[int, str, bool
     """Scan the quoted or plain scalar at pos: (end column, text, whether it was plain)."""
     ch = line[pos]
     if ch == "'":
-        m = _YAML_SINGLE.match(line, pos)
-        if m is None:
+        end = _yaml_single_end(line, pos)
+        if end < 0:
             raise _yaml_err(i, pos, "single-quoted scalar not closed on its line",
                             hint="multi-line quoted scalars are not supported; use '|'")
-        return m.end(), line[pos + 1:m.end() - 1].replace("''", "'"), False
+        return end, line[pos + 1:end - 1].replace("''", "'"), False
     if ch == '"':
-        end = _YAML_DOUBLE.match(line, pos).end()
+        end = _yaml_double_end(line, pos)
         if end == len(line):
             raise _yaml_err(i, pos, "double-quoted scalar not closed on its line",
                             hint="multi-line quoted scalars are not supported; use '|'")
@@ -806,10 +808,61 @@ def _yaml_token(line: str, i: int, pos: int, flow: bool) -> tuple[int, str, bool
             ch in "-?:" and (nxt in ("", " ", "\t") or (flow and nxt in ",[]{}"))):
         raise _yaml_err(i, pos, _YAML_START_ERRORS.get(ch, f"{ch!r} cannot start a plain scalar"),
                         hint=None if ch == "?" else _yaml_quote_hint(line, pos, flow))
-    end = (_YAML_PLAIN_FLOW if flow else _YAML_PLAIN).match(line, pos + 1).end()
+    end = _yaml_plain_end(line, pos + 1, flow)
     if line.startswith("\t", end):
         raise _yaml_err(i, end, _YAML_TAB)
     return end, line[pos:end], True
+
+
+def _yaml_single_end(line: str, pos: int) -> int:
+    """The end of the single-quoted scalar that opens at pos ('' is a quote), or -1."""
+    pair = -1
+    while True:
+        k = line.find("'", pos + 1)
+        if k < 0:   # not closed, unless the last '' was a closing quote and an opening one
+            return pair + 1 if pair >= 0 else -1
+        if not line.startswith("'", k + 1):
+            return k + 1
+        pair, pos = k, k + 1
+
+
+def _yaml_double_end(line: str, pos: int) -> int:
+    """Where the double-quoted scalar that opens at pos stops: its closing quote, a
+    backslash that ends the line, or the end of the line."""
+    n = len(line)
+    pos += 1
+    while pos < n and line[pos] != '"':
+        if line[pos] == "\\":
+            if pos + 1 == n:
+                break
+            pos += 1
+        pos += 1
+    return pos
+
+
+def _yaml_plain_end(line: str, pos: int, flow: bool) -> int:
+    """The end of a plain scalar whose rest starts at pos (YAML 1.2 ns-plain-char plus inner
+    spaces): ": " and a ":" that ends the line stop it, and so does " #"; in flow context the
+    flow indicators stop it too. Tabs stop it as well, and are then reported."""
+    stops, after_colon = (" \t:#,[]{}", " \t,[]{}") if flow else (" \t:#", " \t")
+    n = len(line)
+    while pos < n:
+        ch = line[pos]
+        if ch == " ":   # spaces belong to the scalar only when more of it follows them
+            nxt = n - len(line[pos:].lstrip(" "))
+            if nxt == n or (line[nxt] in stops and not (
+                    line[nxt] == ":" and nxt + 1 < n and line[nxt + 1] not in after_colon)):
+                return pos
+            pos = nxt
+        elif ch == ":":
+            if pos + 1 == n or line[pos + 1] in after_colon:
+                return pos
+            pos += 1
+        elif ch in stops and (ch != "#" or line[pos - 1:pos] == " "):
+            return pos
+        else:
+            pos += 1
+    return pos
 
 
 def _yaml_quote_hint(line: str, pos: int, flow: bool = False) -> str:
@@ -837,14 +890,14 @@ def _yaml_unescape(line: str, i: int, start: int, end: int) -> str:
             continue
         size = _YAML_HEX_ESCAPES.get(ch, 0)
         digits = line[k + 2:k + 2 + size]
-        if not size or len(_YAML_HEX.match(digits).group()) != size:
+        if not size or len(digits) != size or not _YAML_HEX.issuperset(digits):
             raise _yaml_err(i, k, f"invalid escape '\\{ch}'",
                             hint="write '\\\\' for a backslash, or use single quotes")
         code = int(digits, 16)
         pos = k + 2 + size
         low = line[pos + 2:pos + 6]
         if (0xD800 <= code < 0xDC00 and line.startswith("\\u", pos) and len(low) == 4
-                and _YAML_HEX.fullmatch(low) and 0xDC00 <= int(low, 16) < 0xE000):
+                and _YAML_HEX.issuperset(low) and 0xDC00 <= int(low, 16) < 0xE000):
             # A UTF-16 surrogate pair, as JSON writes characters outside the BMP.
             code = 0x10000 + ((code - 0xD800) << 10) + int(low, 16) - 0xDC00
             pos += 6
@@ -859,10 +912,14 @@ def _yaml_typed(text: str, i: int, pos: int) -> object:
         return None
     if text in _YAML_BOOLS:
         return _YAML_BOOLS[text]
-    m = _YAML_NUMBER.fullmatch(text)
-    if m is None:
-        return text
-    kind = m.lastgroup
+    digits = text[1:] if text[0] in "+-" else text
+    if digits.isascii() and digits.isdigit():
+        kind, m = "int", None
+    else:
+        m = _YAML_NUMBER.fullmatch(text) if text[0] in "0123456789+-." else None
+        if m is None:
+            return text
+        kind = m.lastgroup
     try:
         if kind == "int":
             return int(text)
@@ -972,7 +1029,7 @@ def _yaml_block_scalar(lines: list[str], i: int, pos: int, parent: int) -> tuple
     while j < n:
         sp = _yaml_indent(lines[j])
         if sp < len(lines[j]):
-            if sp > parent and not (sp == 0 and _YAML_MARKER.match(lines[j])):
+            if sp > parent and not (sp == 0 and _yaml_marker(lines[j])):
                 indent = sp
             break
         j += 1
@@ -986,7 +1043,7 @@ def _yaml_block_scalar(lines: list[str], i: int, pos: int, parent: int) -> tuple
     # 3. The text ends at the first non-blank line that is indented less.
     while j < n:
         sp = _yaml_indent(lines[j])
-        if sp < len(lines[j]) and (sp < indent or (sp == 0 and _YAML_MARKER.match(lines[j]))):
+        if sp < len(lines[j]) and (sp < indent or (sp == 0 and _yaml_marker(lines[j]))):
             break
         j += 1
     body = [text[indent:] for text in lines[i + 1:j]]
@@ -1124,8 +1181,6 @@ def _describe(value: object) -> str:
 
 def _source_problem(text: str) -> tuple[str, str | None] | None:
     """What is wrong with a context source, as (message, hint), or None."""
-    import re
-
     kind, colon, arg = text.partition(":")
     if "\0" in text:
         return "a context source may not contain a NUL character", None
@@ -1142,9 +1197,10 @@ def _source_problem(text: str) -> tuple[str, str | None] | None:
         return "git_diff: needs a revision", "write git_diff for uncommitted changes"
     if kind in ("file", "glob"):
         path = arg.strip()
-        if path.startswith(("/", "\\")) or re.match(r"[A-Za-z]:", path):
+        if path.startswith(("/", "\\")) or (path[1:2] == ":" and path[0].isascii()
+                                             and path[0].isalpha()):
             return f"{kind}: path must be relative to the project root: {path!r}", None
-        if ".." in re.split(r"[/\\]", path):
+        if ".." in path.replace("\\", "/").split("/"):
             return f"{kind}: path must stay inside the project root: {path!r}", None
         if kind == "glob":
             try:
@@ -1303,7 +1359,8 @@ def _check_step(ck: _Checker, raw: object, i: int, roles: dict, declared: Any) -
     sid = ck.string(name, path + ("id",), "step id") if "id" in raw else None
     if "id" not in raw:
         ck.add(path, f"step {i + 1} has no id", "add id: NAME")
-    elif sid is not None and not _STEP_ID_RE.match(sid):
+    elif sid is not None and not ((sid.isprintable() and " " not in sid)
+                                  or _STEP_ID_RE.match(sid)):
         ck.add(path + ("id",), f"step id {sid!r} must be one word, without spaces or control "
                "characters", "for example review-2 or fix_tests")
         sid = None
@@ -1689,14 +1746,18 @@ def _capture(argv: list[str], env: dict[str, str], *, limit: int | None, timeout
         cut = limit is not None and len(proc.stdout) > limit
         return proc.stdout[:limit] if cut else proc.stdout, cut, proc.returncode, False
     import select
-    import signal
     import time
+
+    try:    # the C module: signal.py would import enum (several ms) to wrap these numbers
+        from _signal import SIGKILL, SIGPIPE, SIGXFSZ
+    except ImportError:
+        from signal import SIGKILL, SIGPIPE, SIGXFSZ
 
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
     try:
         # The pipes are close-on-exec; dup2 gives the child its own inheritable copies.
-        pid = os.posix_spawnp(argv[0], argv, env, setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
+        pid = os.posix_spawnp(argv[0], argv, env, setsigdef=(SIGPIPE, SIGXFSZ),
                               file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
                                             (os.POSIX_SPAWN_DUP2, out_w, 1),
                                             (os.POSIX_SPAWN_DUP2, err_w, 2)])
@@ -1732,11 +1793,11 @@ def _capture(argv: list[str], env: dict[str, str], *, limit: int | None, timeout
                     size += len(chunk)
                     truncated = limit is not None and size > limit
         if reading:     # cut short (limit, timeout, Ctrl-C): git must not outlive us
-            os.kill(pid, signal.SIGKILL)
+            os.kill(pid, SIGKILL)
         status = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
     finally:
         if status is None:
-            os.kill(pid, signal.SIGKILL)
+            os.kill(pid, SIGKILL)
             os.waitpid(pid, 0)
         os.close(out_r)
         os.close(err_r)
@@ -1851,8 +1912,6 @@ def git_probe(cwd: str, environ: dict[str, str]) -> tuple[str | None, str | None
 
     All None outside a repository (or without git); HEAD is None before the first commit.
     """
-    import re
-
     try:
         out = _git(["rev-parse", "--show-toplevel", "--absolute-git-dir", "HEAD"], cwd, environ,
                    check=False)[0]
@@ -1861,7 +1920,8 @@ def git_probe(cwd: str, environ: dict[str, str]) -> tuple[str | None, str | None
     lines = out.decode("utf-8", "surrogateescape").splitlines()
     if len(lines) < 2 or not lines[0]:
         return None, None, None
-    head = lines[2] if len(lines) > 2 and re.fullmatch(r"[0-9a-f]{40,64}", lines[2]) else None
+    head = lines[2] if len(lines) > 2 and 40 <= len(lines[2]) <= 64 and not lines[2].strip(
+        "0123456789abcdef") else None
     return os.path.abspath(lines[0]), lines[1], head
 
 
@@ -1974,28 +2034,25 @@ def _ctx_latest_diff(source: str, artifact: Artifact | str | None) -> Block:
 
 def _never_read(rel: str) -> bool:
     """Whether a path (any component) is on the never-read list of SPEC §4."""
-    import fnmatch
-
     for part in rel.replace(os.sep, "/").lower().split("/"):
-        if part == ".git" or (part != ".env.example"
-                              and any(fnmatch.fnmatchcase(part, p) for p in NEVER_READ)):
+        if part == ".git" or (part != ".env.example" and any(
+                part.startswith(p[:-1]) if p[-1] == "*" else
+                part.endswith(p[1:]) if p[0] == "*" else part == p for p in NEVER_READ)):
             return True
     return False
 
 
 def _hide_secret_files(diff: str) -> str:
     """A diff with the patches of never-read files replaced by a note (the stat keeps names)."""
-    import re
-
     out, hiding = [], False
     for line in diff.split("\n"):
         if line.startswith("diff --git "):
-            paths = re.match(r"diff --git a/(.*) b/(.*)\Z", line)
-            hiding = bool(paths) and any(_never_read(p.strip('"')) for p in paths.groups())
+            old, sep, new = line[13:].rpartition(" b/")
+            hiding = (line.startswith("diff --git a/") and bool(sep)
+                      and (_never_read(old.strip('"')) or _never_read(new.strip('"'))))
             if hiding:
                 out.append(line)
-                out.append(f"[\u2026 patch of {paths.group(2)} not shown: the file may hold "
-                           "secrets]")
+                out.append(f"[\u2026 patch of {new} not shown: the file may hold secrets]")
                 continue
         if not hiding:
             out.append(line)
@@ -4333,7 +4390,6 @@ def wants_live(flag: bool, overrides: dict[str, str], environ: dict[str, str]) -
 AUTH_VARS = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY",
              "gemini": "GOOGLE_API_KEY", "google": "GOOGLE_API_KEY",
              "openrouter": "OPENROUTER_API_KEY", "xai": "XAI_API_KEY"}
-_DOTENV_LINE = _Regex(r"[ \t]*(?:export[ \t]+)?([A-Za-z_][A-Za-z0-9_]*)[ \t]*=[ \t]*(.*)\Z")
 _DOTENV_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", '"': '"', "\\": "\\", "$": "$"}
 
 
@@ -4354,11 +4410,11 @@ def parse_dotenv(text: str) -> tuple[dict[str, str], list[int]]:
         line = line.rstrip("\r")
         if not line.strip() or line.lstrip().startswith("#"):
             continue
-        found = _DOTENV_LINE.match(line)
+        found = _dotenv_line(line)
         if not found:
             bad.append(number)
             continue
-        name, raw = found.groups()
+        name, raw = found
         value = _dotenv_value(raw)
         if value is None:
             bad.append(number)
@@ -4367,9 +4423,21 @@ def parse_dotenv(text: str) -> tuple[dict[str, str], list[int]]:
     return values, bad
 
 
-def _dotenv_value(raw: str) -> str | None:
-    import re
+def _dotenv_line(line: str) -> tuple[str, str] | None:
+    """`[export ]KEY=VALUE`, spaces and tabs allowed around each part: (KEY, raw VALUE)."""
+    rest = line.lstrip(" \t")
+    tries = [rest]
+    if rest.startswith(("export ", "export\t")):   # "export =1" sets a variable named export
+        tries.insert(0, rest[7:].lstrip(" \t"))
+    for text in tries:
+        name, eq, raw = text.partition("=")
+        name = name.rstrip(" \t")
+        if eq and name.isascii() and name.isidentifier():
+            return name, raw.lstrip(" \t")
+    return None
 
+
+def _dotenv_value(raw: str) -> str | None:
     if raw[:1] == "'":
         end = raw.find("'", 1)
         rest = raw[end + 1:].strip() if end > 0 else "x"
@@ -4385,7 +4453,8 @@ def _dotenv_value(raw: str) -> str | None:
             i += 1
         rest = raw[i + 1:].strip()
         return "".join(out) if i < len(raw) and (not rest or rest.startswith("#")) else None
-    return re.split(r"[ \t]#", raw, maxsplit=1)[0].strip()
+    cuts = [k for k in (raw.find(" #"), raw.find("\t#")) if k >= 0]
+    return raw[:min(cuts, default=len(raw))].strip()
 
 
 def dotenv_tracked(project: Project) -> bool:

@@ -239,16 +239,21 @@ def test_importtime_measurement_sees_lazy_imports(git_repo):
     assert "select" in names - baseline
 
 
-def test_show_prompt_runs_git_without_subprocess(git_repo):
-    """`run --show-prompt` runs git three times (SPEC §12): through posix_spawn, so neither
-    subprocess nor threading is imported for it; and a plain command line needs no argparse."""
+def test_show_prompt_imports_only_what_it_needs(git_repo):
+    """`run --show-prompt` with the default preset (SPEC §12): git runs through posix_spawn
+    (no subprocess, threading, signal), a plain command line needs no argparse, and the YAML
+    parser and the context code need no re. -S keeps site's own imports out of both sides."""
     (git_repo / "new.txt").write_text("new\n")
-    baseline = _baseline(git_repo)
-    proc, names = _imported(str(AETHR_PY), "run", "--show-prompt", "review", cwd=git_repo)
+    (git_repo / ".env").write_text("NOT_A_KEY=1\n")  # never read, and its diff hidden
+    proc, baseline = _imported("-S", "-c", "pass", cwd=git_repo)
     assert proc.returncode == 0, proc.stderr
-    assert "new.txt" in proc.stdout
-    heavy = {"subprocess", "threading", "argparse", "gettext", "locale"}
+    proc, names = _imported("-S", str(AETHR_PY), "run", "--show-prompt", "review", cwd=git_repo)
+    assert proc.returncode == 0, proc.stderr
+    assert "new.txt" in proc.stdout and "patch of .env not shown" in proc.stdout
+    heavy = {"subprocess", "threading", "signal", "argparse", "gettext", "locale", "re", "enum",
+             "fnmatch"}
     assert sorted((names - baseline) & heavy) == []
+    assert "select" in names
 
 
 # -- version and the ways to start it (SPEC §1, §2) ----------------------------------------------
