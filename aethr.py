@@ -2676,7 +2676,7 @@ def _http_stream(provider: str, url: str, headers: dict[str, str], body: bytes,
         raise failure
     with response:
         # 2. A 200 with a JSON body is an error told as one (SPEC §6), not an empty answer.
-        ctype = (response.headers.get("Content-Type") or "").partition(";")[0].strip().lower()
+        ctype = response.headers.get_content_type()
         if ctype in ("application/json", "text/html"):
             try:
                 data = response.read(_HTTP_ERROR_BODY)
@@ -2730,7 +2730,7 @@ def _http_message(body: bytes) -> tuple[str, dict]:
     try:
         data = json.loads(text)
     except ValueError:
-        return _http_clean(text, 300), {}
+        data = None
     # Google's older endpoints answer with a list of one error object.
     if isinstance(data, list) and data and isinstance(data[0], dict):
         data = data[0]
@@ -2918,16 +2918,12 @@ def _sse_lines(chunks: Iterable[bytes]) -> Iterator[str]:
     # U+2028, \x85 and more, which JSON strings may hold raw); its last piece may be unended.
     rest = b""
     for chunk in chunks:
-        pieces = (rest + chunk).splitlines(keepends=True)
-        rest = b""
-        for i, piece in enumerate(pieces):
-            if piece.endswith(b"\r\n"):
-                yield piece[:-2].decode("utf-8", "replace")
-            elif piece.endswith(b"\n") or (piece.endswith(b"\r") and i + 1 < len(pieces)):
-                yield piece[:-1].decode("utf-8", "replace")
-            else:
-                # Unended, or a CR that ends the chunk and may be the first half of a CRLF.
-                rest = piece
+        lines = (rest + chunk).splitlines(keepends=True)
+        # The last line may be unended, or end in a CR that is the first half of a CRLF.
+        rest = lines.pop() if lines and not lines[-1].endswith(b"\n") else b""
+        for line in lines:
+            # Only the line's own ending can be a CR or LF: splitlines broke at all others.
+            yield line.rstrip(b"\r\n").decode("utf-8", "replace")
     if rest.endswith(b"\r"):
         yield rest[:-1].decode("utf-8", "replace")
 
@@ -3489,12 +3485,18 @@ def opencode_model(model: str | None) -> str | None:
 _MODEL_EVENTS = {"text": "text", "reasoning": "text", "warning": "message"}
 
 
-class ModelBackend:
-    """Runs a model step: the prompt goes to a provider, the answer streams back."""
+class _Backend:
+    """Runs a step: `run(prompt, model, role_text, emit) -> (text, usage, artifact)`."""
 
-    def __init__(self, environ: dict[str, str], *, live: bool, project: Any = None) -> None:
+    def __init__(self, environ: dict[str, str], *, live: bool,
+                 project: Project | None = None) -> None:
         self.environ = environ
         self.live = live
+        self.project = project
+
+
+class ModelBackend(_Backend):
+    """Runs a model step: the prompt goes to a provider, the answer streams back."""
 
     def run(self, prompt: Prompt, model: str | None, role_text: str,
             emit: Callable[[dict], None]) -> tuple[str, dict, Artifact | None]:
@@ -3802,14 +3804,8 @@ def _oc_tail(data: bytes, secrets: list[str]) -> str:
     return tail if len(tail) <= 500 else "\u2026" + tail[-500:]
 
 
-class OpenCodeBackend:
+class OpenCodeBackend(_Backend):
     """Runs an implementation step with the OpenCode CLI (mock mode runs nothing)."""
-
-    def __init__(self, environ: dict[str, str], *, live: bool,
-                 project: Project | None = None) -> None:
-        self.environ = environ
-        self.live = live
-        self.project = project
 
     def run(self, prompt: Prompt, model: str | None, role_text: str,
             emit: Callable[[dict], None]) -> tuple[str, dict, Artifact | None]:
@@ -3853,14 +3849,14 @@ class OpenCodeBackend:
             # What OpenCode changed before it failed stays in the tree: say so.
             if before:
                 try:
-                    changed = artifact_between(project, before, snapshot_tree(project))
+                    files = artifact_between(project, before, snapshot_tree(project)).files
                 except GitError:
-                    changed = Artifact()
-                if changed.files:
-                    names = ", ".join(p for _, p, _ in changed.files[:5])
-                    more = f", +{len(changed.files) - 5} more" if len(changed.files) > 5 else ""
+                    files = []
+                if files:
+                    names = ", ".join(p for _, p, _ in files[:5])
+                    more = f", +{len(files) - 5} more" if len(files) > 5 else ""
                     exc.hint = (exc.hint + "; " if exc.hint else "") + (
-                        f"OpenCode had already changed {_plural(len(changed.files), 'file')} "
+                        f"OpenCode had already changed {_plural(len(files), 'file')} "
                         f"({names}{more}); they are left as they are")
             raise
         emit({"event": "progress", "step": step.id, "message": events.summary()})
