@@ -3904,14 +3904,10 @@ class OpenCodeBackend(_Backend):
 
         def feed() -> None:             # a thread: a huge prompt cannot deadlock the pipes
             try:
-                proc.stdin.write(data)
+                with proc.stdin:
+                    proc.stdin.write(data)
             except OSError:             # OpenCode exited without reading it all
                 pass
-            finally:
-                try:
-                    proc.stdin.close()
-                except OSError:
-                    pass
 
         def read_out() -> None:
             try:
@@ -3972,11 +3968,8 @@ class OpenCodeBackend(_Backend):
                 if not t.is_alive():
                     stream.close()
         # 3. Drain what was read before the end (after the timeout or a stuck pipe).
-        while True:
-            try:
-                line = lines.get_nowait()
-            except queue.Empty:
-                break
+        while not lines.empty():        # the only reader: get_nowait cannot find it empty
+            line = lines.get_nowait()
             if line is not None:
                 events.feed(line)
         tail = _oc_tail(bytes(err_tail), project.secrets)
