@@ -2535,15 +2535,6 @@ def provider_key(provider: str, environ: dict[str, str]) -> tuple[str, str] | No
     return None
 
 
-def _openai_self_hosted(environ: dict[str, str]) -> bool:
-    """True when OPENAI_BASE_URL points at another host than OpenAI's (its key is optional)."""
-    from urllib.parse import urlsplit
-
-    base = environ.get("OPENAI_BASE_URL", "").strip()
-    default = urlsplit(PROVIDER_BASES["openai"][1]).hostname
-    return bool(base) and (urlsplit(base).hostname or "").lower() != default
-
-
 def provider_problems(model: str, environ: dict[str, str]) -> list[tuple[str, str | None]]:
     """What stops a live call to `model` before any request: (message, hint) pairs."""
     provider, name = split_model(model)
@@ -2717,9 +2708,7 @@ def _http_stream(provider: str, url: str, headers: dict[str, str], body: bytes,
     context, bundle = (_http_ssl_context(provider, environ) if url[:6].lower() == "https:"
                        else (None, None))
     opener = _http_opener(url, proxy, timeout, context)
-    request = urllib.request.Request(url, data=body, method="POST")
-    for name, value in headers.items():
-        request.add_header(name, value)
+    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
     # urllib's own agent is blocked by some gateways (SPEC §6).
     request.add_header("User-Agent", f"aethr/{__version__}")
     if not request.has_header("Content-type"):
@@ -2744,7 +2733,7 @@ def _http_stream(provider: str, url: str, headers: dict[str, str], body: bytes,
         raise failure
     with response:
         # 2. A 200 with a JSON body is an error told as one (SPEC §6), not an empty answer.
-        ctype = (response.headers.get("Content-Type") or "").partition(";")[0].strip().lower()
+        ctype = response.headers.get_content_type()
         if ctype in ("application/json", "text/html"):
             try:
                 data = response.read(_HTTP_ERROR_BODY)
@@ -2798,7 +2787,7 @@ def _http_message(body: bytes) -> tuple[str, dict]:
     try:
         data = json.loads(text)
     except ValueError:
-        return _http_clean(text, 300), {}
+        data = None
     # Google's older endpoints answer with a list of one error object.
     if isinstance(data, list) and data and isinstance(data[0], dict):
         data = data[0]
@@ -2816,12 +2805,14 @@ def _http_message(body: bytes) -> tuple[str, dict]:
     return _http_clean(str(message) if message else text, 300), data
 
 
-def _http_retry_after(headers: Any, info: dict) -> float | None:
-    """Seconds the server asks to wait: retry-after-ms, retry-after, Gemini's RetryInfo."""
+def _http_retry_after(found: dict[str, str], info: dict) -> float | None:
+    """Seconds the server asks to wait: retry-after-ms, retry-after, Gemini's RetryInfo.
+
+    `found` holds the response headers under lower-case names.
+    """
     import email.utils
     import time
 
-    found = {k.lower(): v for k, v in (headers.items() if headers is not None else ())}
     try:
         return max(0.0, float(found["retry-after-ms"]) / 1000)
     except (KeyError, ValueError):
@@ -2884,6 +2875,7 @@ def _http_status_error(provider: str, status: int, headers: Any, body: bytes,
     for value in secret_values(environ):
         body = body.replace(value.encode("utf-8", "surrogateescape"), b"[redacted]")
     message, info = _http_message(body)
+    found = {k.lower(): v for k, v in (headers.items() if headers is not None else ())}
     key = provider_key(provider, environ)
     text = f"{provider}: HTTP {status}: {message or 'no message'}"
     hint = None
@@ -2903,7 +2895,6 @@ def _http_status_error(provider: str, status: int, headers: Any, body: bytes,
             text += f"; no key was sent ({PROVIDER_KEYS[provider][0]} is not set)"
             hint = f"run: aethr auth login {provider}"
     elif 300 <= status < 400:
-        found = {k.lower(): v for k, v in (headers.items() if headers is not None else ())}
         text += f"; the server redirects to {found.get('location', 'another address')}"
         hint = f"point {var} at the new address" if var else None
     elif status == 404 and provider == "ollama":
@@ -2912,7 +2903,7 @@ def _http_status_error(provider: str, status: int, headers: Any, body: bytes,
         hint = f"check {var}: it replaces {PROVIDER_BASES[provider][1]} exactly"
     return ProviderError(text, hint=hint, provider=provider, status=status,
                          retryable=status in RETRY_STATUSES and not billing, billing=billing,
-                         retry_after=_http_retry_after(headers, info))
+                         retry_after=_http_retry_after(found, info))
 
 
 def _http_net_error(provider: str, url: str, exc: BaseException | str, phase: str,
@@ -2984,16 +2975,12 @@ def _sse_lines(chunks: Iterable[bytes]) -> Iterator[str]:
     # U+2028, \x85 and more, which JSON strings may hold raw); its last piece may be unended.
     rest = b""
     for chunk in chunks:
-        pieces = (rest + chunk).splitlines(keepends=True)
-        rest = b""
-        for i, piece in enumerate(pieces):
-            if piece.endswith(b"\r\n"):
-                yield piece[:-2].decode("utf-8", "replace")
-            elif piece.endswith(b"\n") or (piece.endswith(b"\r") and i + 1 < len(pieces)):
-                yield piece[:-1].decode("utf-8", "replace")
-            else:
-                # Unended, or a CR that ends the chunk and may be the first half of a CRLF.
-                rest = piece
+        lines = (rest + chunk).splitlines(keepends=True)
+        # The last line may be unended, or end in a CR that is the first half of a CRLF.
+        rest = lines.pop() if lines and not lines[-1].endswith(b"\n") else b""
+        for line in lines:
+            # Only the line's own ending can be a CR or LF: splitlines broke at all others.
+            yield line.rstrip(b"\r\n").decode("utf-8", "replace")
     if rest.endswith(b"\r"):
         yield rest[:-1].decode("utf-8", "replace")
 
@@ -3050,7 +3037,12 @@ def _int(value: Any) -> int:
 
 
 class _HTTPProvider(Provider):
-    """A live provider over HTTP: subclasses build the request and read its stream."""
+    """A live provider over HTTP: subclasses build the request and read its stream.
+
+    Each subclass defines `build_request(prompt, max_tokens=None) -> (url, headers, body)`,
+    which does no I/O, and `parse(chunks)`, which turns the response body into events and
+    raises ProviderError on an error or a cut stream.
+    """
 
     #: What ends a complete stream, for the message when it never came.
     terminator = "the end of the stream"
@@ -3081,15 +3073,6 @@ class _HTTPProvider(Provider):
     def key_optional(self) -> bool:
         """True when requests may go without a key."""
         return False
-
-    def build_request(self, prompt: Prompt, max_tokens: int | None = None
-                      ) -> tuple[str, dict[str, str], bytes]:
-        """(url, headers, body) of the streaming request; no I/O."""
-        raise NotImplementedError
-
-    def parse(self, chunks: Iterable[bytes]) -> Iterator[tuple[str, Any]]:
-        """Events from the response body; raises ProviderError on an error or a cut stream."""
-        raise NotImplementedError
 
     def stream(self, prompt: Prompt, *, max_tokens: int | None = None
                ) -> Iterator[tuple[str, Any]]:
@@ -3189,8 +3172,13 @@ class OpenAIProvider(_HTTPProvider):
                    ("OPENAI_PROJECT_ID", "OpenAI-Project"))
 
     def key_optional(self) -> bool:
-        """Self-hosted servers (llama.cpp, vLLM, LM Studio) usually take no key."""
-        return _openai_self_hosted(self.environ)
+        """Self-hosted servers (llama.cpp, vLLM, LM Studio) usually take no key: true when
+        OPENAI_BASE_URL points at another host than OpenAI's."""
+        from urllib.parse import urlsplit
+
+        base = self.environ.get("OPENAI_BASE_URL", "").strip()
+        default = urlsplit(PROVIDER_BASES["openai"][1]).hostname
+        return bool(base) and (urlsplit(base).hostname or "").lower() != default
 
     def headers(self) -> dict[str, str]:
         """Authorization (none without a key) plus the provider's own headers."""
@@ -3550,12 +3538,22 @@ def opencode_model(model: str | None) -> str | None:
     return f"{provider}/{name.strip()}"
 
 
-class ModelBackend:
-    """Runs a model step: the prompt goes to a provider, the answer streams back."""
+#: Stream kinds a model step passes on as events -> the event's field for the value.
+_MODEL_EVENTS = {"text": "text", "reasoning": "text", "warning": "message"}
 
-    def __init__(self, environ: dict[str, str], *, live: bool, project: Any = None) -> None:
+
+class _Backend:
+    """Runs a step: `run(prompt, model, role_text, emit) -> (text, usage, artifact)`."""
+
+    def __init__(self, environ: dict[str, str], *, live: bool,
+                 project: Project | None = None) -> None:
         self.environ = environ
         self.live = live
+        self.project = project
+
+
+class ModelBackend(_Backend):
+    """Runs a model step: the prompt goes to a provider, the answer streams back."""
 
     def run(self, prompt: Prompt, model: str | None, role_text: str,
             emit: Callable[[dict], None]) -> tuple[str, dict, Artifact | None]:
@@ -3563,15 +3561,12 @@ class ModelBackend:
         provider = make_provider(model, self.environ, live=self.live, role_text=role_text)
         parts, usage = [], {}
         for kind, value in provider.stream(prompt, max_tokens=prompt.step.max_tokens):
-            if kind == "text":
-                parts.append(value)
-                emit({"event": "text", "step": prompt.step.id, "text": value})
-            elif kind == "usage":
+            if kind == "usage":
                 usage = value
-            elif kind == "warning":
-                emit({"event": "warning", "step": prompt.step.id, "message": value})
-            elif kind == "reasoning":
-                emit({"event": "reasoning", "step": prompt.step.id, "text": value})
+            elif kind in _MODEL_EVENTS:
+                if kind == "text":
+                    parts.append(value)
+                emit({"event": kind, "step": prompt.step.id, _MODEL_EVENTS[kind]: value})
         return "".join(parts), usage, None
 
 
@@ -3623,22 +3618,16 @@ def artifact_between(project: Project, before: str | None, after: str | None) ->
     raw = _git(["diff", "--raw", "-z", "-M", *_DIFF_FLAGS, before, after, "--"], top,
                environ)[0]
     files, gitlinks = [], []
-    parts = raw.decode("utf-8", "surrogateescape").split("\0")
-    i = 0
-    while i < len(parts):
-        head = parts[i]
+    # Each entry is ":MODES IDS KIND", then its path; renames and copies put the old path first.
+    parts = iter(raw.decode("utf-8", "surrogateescape").split("\0"))
+    for head in parts:
         if not head.startswith(":"):
-            i += 1
             continue
         old_mode, new_mode, _, _, kind = head[1:].split(" ")[:5]
-        if kind[:1] in ("R", "C"):
-            old, path = printable(parts[i + 1]), printable(parts[i + 2])
-            i += 3
-        else:
-            old, path = None, printable(parts[i + 1])
-            i += 2
+        old = next(parts) if kind[:1] in ("R", "C") else None
+        path = printable(next(parts))
         status = _ART_STATUS.get(kind[:1], "M")
-        files.append((status, path, old if status == "R" else None))
+        files.append((status, path, printable(old) if status == "R" else None))
         if "160000" in (old_mode, new_mode):
             gitlinks.append(path)
     # 2. The stat and the patch, cut at the diff cap while git streams them.
@@ -3718,7 +3707,7 @@ class _OpenCodeEvents:
             return
         if not isinstance(event, dict):
             return
-        part = event.get("part") if isinstance(event.get("part"), dict) else {}
+        part = _oc_dict(event, "part")
         kind = event.get("type")
         if kind == "step_start":
             self.steps += 1
@@ -3760,13 +3749,13 @@ class _OpenCodeEvents:
         self.emit({"event": "text", "step": self.step.id, "text": sep + text + "\n"})
 
     def _tool(self, part: dict) -> None:
-        state = part.get("state") if isinstance(part.get("state"), dict) else {}
+        state = _oc_dict(part, "state")
         tool = str(part.get("tool") or "tool")
         what = self._describe(tool, state)
         self.tools += 1
         if tool == "invalid":
             # A call to a tool OpenCode does not offer, e.g. one a `deny` rule removed.
-            inp = state.get("input") if isinstance(state.get("input"), dict) else {}
+            inp = _oc_dict(state, "input")
             name = str(inp.get("tool") or "a tool")
             self._warn(f"OpenCode's model asked for the tool {name}, which OpenCode does not "
                        "offer here; a deny rule in OpenCode's permission config removes a tool "
@@ -3802,20 +3791,20 @@ class _OpenCodeEvents:
             self.emit({"event": "warning", "step": self.step.id, "message": message})
 
     def _usage(self, part: dict) -> None:
-        tokens = part.get("tokens") if isinstance(part.get("tokens"), dict) else {}
-        cache = tokens.get("cache") if isinstance(tokens.get("cache"), dict) else {}
+        tokens = _oc_dict(part, "tokens")
+        cache = _oc_dict(tokens, "cache")
         # OpenCode counts cached prompt tokens apart and reasoning apart from output;
         # Aethr's input and output are what the model read and wrote in all.
-        self.usage["input"] += sum(_oc_int(v) for v in (tokens.get("input"), cache.get("read"),
-                                                         cache.get("write")))
-        self.usage["output"] += _oc_int(tokens.get("output")) + _oc_int(tokens.get("reasoning"))
+        self.usage["input"] += sum(_int(v) for v in (tokens.get("input"), cache.get("read"),
+                                                      cache.get("write")))
+        self.usage["output"] += _int(tokens.get("output")) + _int(tokens.get("reasoning"))
         cost = part.get("cost")
         if isinstance(cost, (int, float)) and not isinstance(cost, bool):
             self.usage["cost"] += cost
 
     def _describe(self, tool: str, state: dict) -> str:
         """`edit README.md`, `bash: pytest -q`: one line for a tool call."""
-        inp = state.get("input") if isinstance(state.get("input"), dict) else {}
+        inp = _oc_dict(state, "input")
         if tool == "bash" and isinstance(inp.get("command"), str):
             command = inp["command"].strip().splitlines() or [""]
             more = " \u2026" if len(command) > 1 or len(command[0]) > 120 else ""
@@ -3833,14 +3822,16 @@ class _OpenCodeEvents:
         try:
             rel = os.path.relpath(path, self.root)
         except ValueError:                  # another drive on Windows
-            return path.replace(os.sep, "/")
+            rel = os.pardir
         if rel == os.curdir or rel.startswith(os.pardir):
-            return path.replace(os.sep, "/")
+            rel = path
         return rel.replace(os.sep, "/")
 
 
-def _oc_int(value: object) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+def _oc_dict(obj: dict, key: str) -> dict:
+    """`obj[key]` when it is a JSON object, else {}: events may lack any field."""
+    value = obj.get(key)
+    return value if isinstance(value, dict) else {}
 
 
 def _oc_plain(text: str) -> str:
@@ -3854,7 +3845,7 @@ def _oc_error_text(error: object) -> str:
     import json
 
     if isinstance(error, dict):
-        data = error.get("data") if isinstance(error.get("data"), dict) else {}
+        data = _oc_dict(error, "data")
         for value in (data.get("message"), error.get("message"), error.get("name")):
             if isinstance(value, str) and value.strip():
                 return value.strip()
@@ -3870,14 +3861,8 @@ def _oc_tail(data: bytes, secrets: list[str]) -> str:
     return tail if len(tail) <= 500 else "\u2026" + tail[-500:]
 
 
-class OpenCodeBackend:
+class OpenCodeBackend(_Backend):
     """Runs an implementation step with the OpenCode CLI (mock mode runs nothing)."""
-
-    def __init__(self, environ: dict[str, str], *, live: bool,
-                 project: Project | None = None) -> None:
-        self.environ = environ
-        self.live = live
-        self.project = project
 
     def run(self, prompt: Prompt, model: str | None, role_text: str,
             emit: Callable[[dict], None]) -> tuple[str, dict, Artifact | None]:
@@ -3921,14 +3906,14 @@ class OpenCodeBackend:
             # What OpenCode changed before it failed stays in the tree: say so.
             if before:
                 try:
-                    changed = artifact_between(project, before, snapshot_tree(project))
+                    files = artifact_between(project, before, snapshot_tree(project)).files
                 except GitError:
-                    changed = Artifact()
-                if changed.files:
-                    names = ", ".join(p for _, p, _ in changed.files[:5])
-                    more = f", +{len(changed.files) - 5} more" if len(changed.files) > 5 else ""
+                    files = []
+                if files:
+                    names = ", ".join(p for _, p, _ in files[:5])
+                    more = f", +{len(files) - 5} more" if len(files) > 5 else ""
                     exc.hint = (exc.hint + "; " if exc.hint else "") + (
-                        f"OpenCode had already changed {_plural(len(changed.files), 'file')} "
+                        f"OpenCode had already changed {_plural(len(files), 'file')} "
                         f"({names}{more}); they are left as they are")
             raise
         emit({"event": "progress", "step": step.id, "message": events.summary()})
@@ -3976,14 +3961,10 @@ class OpenCodeBackend:
 
         def feed() -> None:             # a thread: a huge prompt cannot deadlock the pipes
             try:
-                proc.stdin.write(data)
+                with proc.stdin:
+                    proc.stdin.write(data)
             except OSError:             # OpenCode exited without reading it all
                 pass
-            finally:
-                try:
-                    proc.stdin.close()
-                except OSError:
-                    pass
 
         def read_out() -> None:
             try:
@@ -4044,11 +4025,8 @@ class OpenCodeBackend:
                 if not t.is_alive():
                     stream.close()
         # 3. Drain what was read before the end (after the timeout or a stuck pipe).
-        while True:
-            try:
-                line = lines.get_nowait()
-            except queue.Empty:
-                break
+        while not lines.empty():        # the only reader: get_nowait cannot find it empty
+            line = lines.get_nowait()
             if line is not None:
                 events.feed(line)
         tail = _oc_tail(bytes(err_tail), project.secrets)
