@@ -1035,19 +1035,6 @@ _SOURCES = ("git_diff", "latest_diff", "file", "glob", "cmd")
 _STEP_ID_RE = _Regex(r"[^\s\x00-\x1f\x7f-\x9f]+\Z")
 
 
-class Repeat:
-    """A loop: run again from `back_to` through the controller step."""
-
-    __slots__ = ("back_to", "until_review_pass", "until_contains", "max_iterations")
-
-    def __init__(self, back_to: str, until_review_pass: bool, until_contains: str | None,
-                 max_iterations: int) -> None:
-        self.back_to = back_to
-        self.until_review_pass = until_review_pass
-        self.until_contains = until_contains
-        self.max_iterations = max_iterations
-
-
 class _Record:
     """A small record: fields by keyword, missing ones None (dataclasses cost start-up time)."""
 
@@ -1056,6 +1043,12 @@ class _Record:
     def __init__(self, **fields: Any) -> None:
         for name in self.__slots__:
             setattr(self, name, fields.get(name))
+
+
+class Repeat(_Record):
+    """A loop: run again from `back_to` through the controller step."""
+
+    __slots__ = _REPEAT_KEYS
 
 
 class Step(_Record):
@@ -1197,11 +1190,7 @@ def _glob_regex(pattern: str) -> re.Pattern[str]:
         j, piece = 0, []
         while j < len(part):
             c = part[j]
-            if c == "*":
-                piece.append("[^/]*")
-            elif c == "?":
-                piece.append("[^/]")
-            elif c == "[":
+            if c == "[":
                 # As in fnmatch: "!" or "^" negates, and a "]" right after them is literal.
                 start = j + 2 if part[j + 1:j + 2] in ("!", "^") else j + 1
                 end = part.find("]", start + 1 if part[start:start + 1] == "]" else start)
@@ -1210,7 +1199,7 @@ def _glob_regex(pattern: str) -> re.Pattern[str]:
                 piece.append(_glob_class(part[start:end], negate=start == j + 2))
                 j = end
             else:
-                piece.append(re.escape(c))
+                piece.append({"*": "[^/]*", "?": "[^/]"}.get(c) or re.escape(c))
             j += 1
         out.append("".join(piece) + ("" if last else "/"))
     try:
@@ -1230,8 +1219,8 @@ class _Checker:
 
     def add(self, path: tuple, message: str, hint: str | None = None, *, at_key: bool = False
             ) -> None:
-        marks = self.keys if at_key else self.values
-        line, column = marks.get(path) or self.keys.get(path) or self.values.get(path) or (1, 1)
+        first, second = (self.keys, self.values) if at_key else (self.values, self.keys)
+        line, column = first.get(path) or second.get(path) or (1, 1)
         self.problems.append((self.display, line, column, message, hint))
 
     def mapping(self, value: object, path: tuple, what: str, known: tuple[str, ...]) -> dict:
@@ -1247,17 +1236,26 @@ class _Checker:
                          at_key=True)
         return value
 
-    def string(self, value: object, path: tuple, what: str, *, empty: bool = False) -> str | None:
-        if isinstance(value, str) and (empty or value.strip()):
+    def table(self, value: object, key: str, what: str) -> dict:
+        """The top-level mapping `key` of role name to `what`; {} when absent or not a mapping."""
+        if isinstance(value, dict):
             return value
+        if value is not None:
+            self.add((key,), f"{key} must be a mapping of role name to {what}, not "
+                     f"{_describe(value)}")
+        return {}
+
+    def string(self, value: object, path: tuple, what: str, *, empty: bool = False) -> str | None:
         if isinstance(value, str):
+            if empty or value.strip():
+                return value
             self.add(path, f"{what} must not be empty")
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            self.add(path, f"{what} must be a string, not {_describe(value)}",
-                     "quote it, as YAML reads an unquoted 3.10 as the number 3.1"
-                     if isinstance(value, float) else f'quote it: "{value}"')
-        else:
-            self.add(path, f"{what} must be a string, not {_describe(value)}")
+            return None
+        hint = None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            hint = ("quote it, as YAML reads an unquoted 3.10 as the number 3.1"
+                    if isinstance(value, float) else f'quote it: "{value}"')
+        self.add(path, f"{what} must be a string, not {_describe(value)}", hint)
         return None
 
     def boolean(self, value: object, path: tuple, what: str) -> bool | None:
@@ -1299,8 +1297,7 @@ def _check_step(ck: _Checker, raw: object, i: int, roles: dict, declared: Any) -
         ck.add(path, f"step {i + 1} must be a mapping with id and role, not {_describe(raw)}")
         return None
     ck.mapping(raw, path, f"step {i + 1}", _STEP_KEYS)
-    name = raw.get("id")
-    sid = ck.string(name, path + ("id",), "step id") if "id" in raw else None
+    sid = ck.string(raw["id"], path + ("id",), "step id") if "id" in raw else None
     if "id" not in raw:
         ck.add(path, f"step {i + 1} has no id", "add id: NAME")
     elif sid is not None and not _STEP_ID_RE.match(sid):
@@ -1317,39 +1314,31 @@ def _check_step(ck: _Checker, raw: object, i: int, roles: dict, declared: Any) -
                         _BACKENDS)
     step = Step(id=sid, role=role, backend=backend, index=i, history_visibility="all",
                 timeout=STEP_TIMEOUT, unsafe_permissions=False, context=[])
-    if "model" in raw:
-        step.model = ck.model(raw["model"], path + ("model",), f"model of {label}")
-    if "max_tokens" in raw:
-        step.max_tokens = ck.integer(raw["max_tokens"], path + ("max_tokens",),
-                                     f"max_tokens of {label}", 1)
-        if backend == "opencode":
-            ck.add(path + ("max_tokens",), f"max_tokens applies to model steps only ({label} "
-                   "uses OpenCode)", "remove it", at_key=True)
-    if "unsafe_permissions" in raw:
-        step.unsafe_permissions = ck.boolean(raw["unsafe_permissions"],
-                                             path + ("unsafe_permissions",),
-                                             f"unsafe_permissions of {label}")
-        if backend == "model":
-            ck.add(path + ("unsafe_permissions",), f"unsafe_permissions applies to OpenCode "
-                   f"steps only ({label} is a model step)", "remove it, or add backend: opencode",
-                   at_key=True)
-    if "timeout" in raw:
-        step.timeout = ck.integer(raw["timeout"], path + ("timeout",), f"timeout of {label}", 1)
-    if "history_visibility" in raw:
-        step.history_visibility = ck.choice(raw["history_visibility"],
-                                            path + ("history_visibility",),
-                                            f"history_visibility of {label}", _HISTORY)
+    # The optional fields: each key, its check and the check's limits or choices.
+    for key, check, *extra in (("model", ck.model), ("max_tokens", ck.integer, 1),
+                               ("unsafe_permissions", ck.boolean), ("timeout", ck.integer, 1),
+                               ("history_visibility", ck.choice, _HISTORY)):
+        if key in raw:
+            setattr(step, key, check(raw[key], path + (key,), f"{key} of {label}", *extra))
+    if "max_tokens" in raw and backend == "opencode":
+        ck.add(path + ("max_tokens",), f"max_tokens applies to model steps only ({label} "
+               "uses OpenCode)", "remove it", at_key=True)
+    if "unsafe_permissions" in raw and backend == "model":
+        ck.add(path + ("unsafe_permissions",), f"unsafe_permissions applies to OpenCode "
+               f"steps only ({label} is a model step)", "remove it, or add backend: opencode",
+               at_key=True)
     context = raw.get("context")
     if context is not None and not isinstance(context, list):
         ck.add(path + ("context",), f"context of {label} must be a list, not "
                f"{_describe(context)}", "write it as a list: [git_diff, file:README.md]")
     for j, item in enumerate(context if isinstance(context, list) else []):
         text = ck.string(item, path + ("context", j), f"context source of {label}")
-        problem = _source_problem(text.strip()) if text is not None else None
-        if problem:
-            ck.add(path + ("context", j), *problem)
-        elif text is not None:
-            step.context.append(text.strip())
+        if text is not None:
+            problem = _source_problem(text.strip())
+            if problem:
+                ck.add(path + ("context", j), *problem)
+            else:
+                step.context.append(text.strip())
     if "repeat" in raw:
         step.repeat = _check_repeat(ck, raw["repeat"], path + ("repeat",), label)
     return step
@@ -1377,7 +1366,8 @@ def _check_repeat(ck: _Checker, raw: object, path: tuple, label: str) -> Repeat 
     if back_to is None:
         return None
     # Even with a bad max_iterations the loop is kept, so back_to and overlaps get checked.
-    return Repeat(back_to, bool(until_pass), until_contains, iterations or 1)
+    return Repeat(back_to=back_to, until_review_pass=bool(until_pass),
+                  until_contains=until_contains, max_iterations=iterations or 1)
 
 
 def _check_workflow(data: object, ck: _Checker) -> dict:
@@ -1392,12 +1382,9 @@ def _check_workflow(data: object, ck: _Checker) -> dict:
     name = ck.string(data["workflow"], ("workflow",), "workflow") if "workflow" in data else None
     desc = ck.string(data["description"], ("description",), "description", empty=True) \
         if "description" in data else None
-    raw_roles = data.get("roles")
+    raw_roles = ck.table(data.get("roles"), "roles", "instruction")
     roles: dict[str, str] = {}
-    if raw_roles is not None and not isinstance(raw_roles, dict):
-        ck.add(("roles",), f"roles must be a mapping of role name to instruction, not "
-               f"{_describe(raw_roles)}")
-    for role, text in (raw_roles.items() if isinstance(raw_roles, dict) else ()):
+    for role, text in raw_roles.items():
         if text is None:
             ck.add(("roles", role), f"role {role!r} has no instruction",
                    "write what this role should do, e.g. a | block of text")
@@ -1405,13 +1392,9 @@ def _check_workflow(data: object, ck: _Checker) -> dict:
         value = ck.string(text, ("roles", role), f"instruction of role {role!r}")
         if value is not None:
             roles[role] = value
-    raw_models = data.get("models")
     models: dict[str, str] = {}
-    if raw_models is not None and not isinstance(raw_models, dict):
-        ck.add(("models",), f"models must be a mapping of role name to provider:model, not "
-               f"{_describe(raw_models)}")
-    for role, value in (raw_models.items() if isinstance(raw_models, dict) else ()):
-        if role != "default" and role not in (raw_roles if isinstance(raw_roles, dict) else {}):
+    for role, value in ck.table(data.get("models"), "models", "provider:model").items():
+        if role != "default" and role not in raw_roles:
             ck.add(("models", role), f"models names {role!r}, which is not a role",
                    _did_you_mean(role, list(roles) + ["default"])
                    or "keys under models are role names or default", at_key=True)
@@ -1426,7 +1409,7 @@ def _check_workflow(data: object, ck: _Checker) -> dict:
                f"steps must be a list, not {_describe(raw_steps)}",
                "add steps: a list of {id, role, ...} mappings", at_key=not raw_steps)
     for i, raw in enumerate(raw_steps if isinstance(raw_steps, list) else ()):
-        step = _check_step(ck, raw, i, roles, raw_roles if isinstance(raw_roles, dict) else {})
+        step = _check_step(ck, raw, i, roles, raw_roles)
         if step is not None:
             steps.append(step)
     _check_steps_together(ck, steps, models)
@@ -1436,12 +1419,10 @@ def _check_workflow(data: object, ck: _Checker) -> dict:
 def _check_steps_together(ck: _Checker, steps: list[Step], models: dict[str, str]) -> None:
     ids: dict[str, int] = {}
     for step in steps:
-        if step.id is None:
-            continue
         if step.id in ids:
             ck.add(("steps", step.index, "id"), f"duplicate step id {step.id!r} (first used by "
                    f"step {ids[step.id] + 1})")
-        else:
+        elif step.id is not None:
             ids[step.id] = step.index
     slices: list[tuple[int, int, Step]] = []
     for step in steps:
@@ -1508,8 +1489,8 @@ def load_workflow(path: str | os.PathLike | None = None, *, text: str | None = N
     fields = _check_workflow(data, ck)
     if ck.problems:
         ck.problems.sort(key=lambda p: (p[1], p[2]))     # file order; stable for one spot
-        n = len(ck.problems)
-        raise ConfigError(f"{_plural(n, 'problem')} in {display}", problems=ck.problems)
+        raise ConfigError(f"{_plural(len(ck.problems), 'problem')} in {display}",
+                          problems=ck.problems)
     name = fields["name"] or (preset or os.path.splitext(os.path.basename(display))[0]
                               .lstrip(".") or "workflow")
     return Workflow(path=None if preset else display, preset=preset, text=text, marks=values,
