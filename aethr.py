@@ -2250,59 +2250,52 @@ def _history_text(results: list[StepResult], mode: str, pending: list[str]) -> l
     """The `Previous steps` entries: `results` are those the step may see (SPEC §5)."""
     newest_patch = next((r for r in reversed(results) if r.artifact is not None
                          and r.artifact.files), None)
+    summary = mode == "summary"
     entries = []
     for r in results:
         text = r.text.strip() or "(no text)"
-        if mode == "summary" and len(text) > SUMMARY_CHARS:
+        if summary and len(text) > SUMMARY_CHARS:
             text = text[:SUMMARY_CHARS].rstrip() + f"\n[\u2026 cut to its first {SUMMARY_CHARS} " \
                 "characters]"
         parts = [f"## {r.title()}\n\n{text}"]
-        if mode == "summary" and r.review_status:
+        if summary and r.review_status:
             parts.append(f"Review status: {r.review_status}")
         if r.artifact is not None:
-            if r.artifact.files:
-                parts.append(r.artifact.describe(patch=(mode != "summary" and r is newest_patch)))
-            else:
-                parts.append(f"[{r.artifact.summary()}]")
+            parts.append(r.artifact.describe(patch=not summary and r is newest_patch)
+                         if r.artifact.files else f"[{r.artifact.summary()}]")
         entries.append("\n\n".join(parts))
-    for title in pending:
-        entries.append(f"## {title}\n\n[output of step {title} \u2014 shown here when the run "
-                       "happens; --show-prompt calls no model]")
-    return entries
+    return entries + [f"## {title}\n\n[output of step {title} \u2014 shown here when the run "
+                      "happens; --show-prompt calls no model]" for title in pending]
 
 
 def build_prompt(workflow: Workflow, task: str, step: Step, *, iteration: int = 1,
                  history: list[StepResult] | None = None, blocks: list[Block] | None = None,
                  pending: list[str] | None = None, secrets: list[str] | None = None) -> Prompt:
     """Render a step's prompt: deterministic, redacted, within the prompt budget (SPEC §5)."""
-    history = history or []
     blocks = blocks or []
     secrets = secrets or []
     # Secrets are redacted piece by piece, before the budget is measured.
     system = redact(build_system(workflow, step), secrets)
-    max_it = step.repeat.max_iterations if step.repeat else None
+    # A step inside a loop (the controller too) shows which pass this is.
     ctl = workflow.controller_of(step.index)
-    if ctl is not None:
-        max_it = ctl.repeat.max_iterations
-    it = f", iteration {iteration}/{max_it}" if max_it else ""
+    it = f", iteration {iteration}/{ctl.repeat.max_iterations}" if ctl else ""
     head = redact(f"# Task\n\n{task.strip()}\n\n# Step\n\n{step.id} (role: {step.role}{it})\n",
                   secrets)
-    ctx = []
-    for b in blocks:
-        base = f" ({b.base})" if b.base else ""
-        ctx.append(redact(f"# Context: {b.source}{base}\n\n{b.body.rstrip(chr(10))}\n", secrets))
+    ctx = "".join("\n" + redact(f"# Context: {b.source}" + (f" ({b.base})" if b.base else "")
+                                + f"\n\n{b.body.rstrip(chr(10))}\n", secrets) for b in blocks)
     # What this step may see of earlier results (SPEC §5 history_visibility).
     mode = step.history_visibility
-    history = [] if mode == "none" else history[-1:] if mode == "latest" else list(history)
-    pending = pending or []
-    pending = [] if mode == "none" or (mode == "latest" and history) else \
-        pending[-1:] if mode == "latest" else pending
+    history, pending = list(history or []), pending or []
+    if mode == "none":
+        history, pending = [], []
+    elif mode == "latest":
+        history, pending = history[-1:], ([] if history else pending[-1:])
     entries = [redact(e, secrets) for e in _history_text(history, mode, pending)]
 
     def render(entries: list[str]) -> str:
         prev = ("\n# Previous steps\n\n" + "\n\n".join(entries).rstrip("\n") + "\n") \
             if entries else ""
-        return head + prev + "".join("\n" + c for c in ctx)
+        return head + prev + ctx
 
     user = render(entries)
     # The whole prompt stays within PROMPT_CAP: the oldest history goes first.
@@ -4306,8 +4299,9 @@ def env_bool(environ: dict[str, str], name: str) -> bool:
 
 def wants_live(flag: bool, overrides: dict[str, str], environ: dict[str, str]) -> bool:
     """Live mode (SPEC §2): --live, a true AETHR_LIVE, or a non-empty model override."""
-    live = env_bool(environ, "AETHR_LIVE")
-    return flag or live or bool(overrides) or bool(environ.get("AETHR_MODEL", "").strip())
+    # env_bool comes first: a bad AETHR_LIVE is an error even with --live.
+    return env_bool(environ, "AETHR_LIVE") or flag or bool(overrides) or bool(
+        environ.get("AETHR_MODEL", "").strip())
 
 
 #: Where `aethr auth login PROVIDER` keeps each provider's key.
@@ -4316,6 +4310,8 @@ AUTH_VARS = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY",
              "openrouter": "OPENROUTER_API_KEY", "xai": "XAI_API_KEY"}
 _DOTENV_LINE = _Regex(r"[ \t]*(?:export[ \t]+)?([A-Za-z_][A-Za-z0-9_]*)[ \t]*=[ \t]*(.*)\Z")
 _DOTENV_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", '"': '"', "\\": "\\", "$": "$"}
+#: A quoted value: 'single' (as written) or "double" (backslash escapes), then at most a comment.
+_DOTENV_QUOTED = _Regex(r"""(?s)(?:'([^']*)'|"((?:[^"\\]|\\.)*)")\s*(?:#.*)?\Z""")
 
 
 class Env(dict):
@@ -4336,37 +4332,26 @@ def parse_dotenv(text: str) -> tuple[dict[str, str], list[int]]:
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         found = _DOTENV_LINE.match(line)
-        if not found:
-            bad.append(number)
-            continue
-        name, raw = found.groups()
-        value = _dotenv_value(raw)
+        value = _dotenv_value(found[2]) if found else None
         if value is None:
             bad.append(number)
         else:
-            values[name] = value
+            values[found[1]] = value
     return values, bad
 
 
 def _dotenv_value(raw: str) -> str | None:
+    """The value after `=`: bare (up to a ` #` comment), or quoted; None if a quote is broken."""
     import re
 
-    if raw[:1] == "'":
-        end = raw.find("'", 1)
-        rest = raw[end + 1:].strip() if end > 0 else "x"
-        return raw[1:end] if end > 0 and (not rest or rest.startswith("#")) else None
-    if raw[:1] == '"':
-        out, i = [], 1
-        while i < len(raw) and raw[i] != '"':
-            if raw[i] == "\\" and i + 1 < len(raw):
-                out.append(_DOTENV_ESCAPES.get(raw[i + 1], "\\" + raw[i + 1]))
-                i += 2
-                continue
-            out.append(raw[i])
-            i += 1
-        rest = raw[i + 1:].strip()
-        return "".join(out) if i < len(raw) and (not rest or rest.startswith("#")) else None
-    return re.split(r"[ \t]#", raw, maxsplit=1)[0].strip()
+    if raw[:1] not in ("'", '"'):
+        return re.split(r"[ \t]#", raw, maxsplit=1)[0].strip()
+    found = _DOTENV_QUOTED.match(raw)
+    if found is None:
+        return None
+    if found[1] is not None:
+        return found[1]
+    return re.sub(r"(?s)\\(.)", lambda m: _DOTENV_ESCAPES.get(m[1], m[0]), found[2])
 
 
 def dotenv_tracked(project: Project) -> bool:
@@ -4393,8 +4378,7 @@ def load_dotenv(project: Project) -> tuple[Env, list[str]]:
         if not env.get(name):           # variables already set in the environment win
             env[name] = value
             env.dotenv.add(name)
-    shown = _relative(path)
-    return env, [f"{shown}:{n}: not KEY=VALUE; the line was ignored" for n in bad]
+    return env, [f"{_relative(path)}:{n}: not KEY=VALUE; the line was ignored" for n in bad]
 
 
 def mask(value: str) -> str:
@@ -4415,17 +4399,16 @@ def write_dotenv_var(path: str, name: str, value: str | None) -> bool:
             lines.pop()
     pattern = re.compile(rf"[ \t]*(?:export[ \t]+)?{name}[ \t]*=")
     kept = [line for line in lines if not pattern.match(line)]
-    changed = len(kept) != len(lines)
     if value is not None:
         quoted = value if re.fullmatch(r"[A-Za-z0-9_./:+=@,-]*", value) else "'" + value + "'"
         kept.append(f"{name}={quoted}")
-        changed = True
-    if changed:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape", newline="\n") as f:
-            f.write("\n".join(kept) + ("\n" if kept else ""))
-        os.chmod(path, 0o600)
-    return changed
+    elif len(kept) == len(lines):
+        return False                    # nothing to remove
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape", newline="\n") as f:
+        f.write("\n".join(kept) + ("\n" if kept else ""))
+    os.chmod(path, 0o600)
+    return True
 
 
 # == 12. Commands and CLI =====================================================
