@@ -243,7 +243,7 @@ class Term:
             env = self.environ
             if self.no_color or env.get("NO_COLOR"):
                 color = False
-            elif env.get("FORCE_COLOR") and env.get("FORCE_COLOR") != "0":
+            elif env.get("FORCE_COLOR") not in (None, "", "0"):
                 color = True
             else:
                 color = self.isatty(stream) and env.get("TERM") != "dumb"
@@ -351,24 +351,20 @@ class TermView:
     def __call__(self, event: dict) -> None:
         getattr(self, "_on_" + event["event"], lambda e: None)(event)
 
-    def _header(self, e: dict) -> str:
-        t, dot = self.term, self.term.glyph("dot")
+    def _on_run_start(self, e: dict) -> None:
+        mode = "mock mode: no model is called" if e["mode"] == "mock" else "live mode"
+        dot = self.term.glyph("dot").strip()
+        self.term.status(self.term.paint(f"aethr: workflow {e['workflow']} ({e['source']}) {dot} "
+                                         f"{_plural(len(e['steps']), 'step')} {dot} {mode}", "dim"))
+
+    def _on_step_start(self, e: dict) -> None:
+        t = self.term
+        if not self.out_tty:
+            t.write(f"## {e['step']}\n\n")
         parts = [f"step {e['number']}/{e['total']}", e["step"], e["role"], e["where"]]
         if e.get("max_iterations"):
             parts.append(f"iteration {e['iteration']}/{e['max_iterations']}")
-        return t.glyph("top") + t.paint(dot.join(parts), "head")
-
-    def _on_run_start(self, e: dict) -> None:
-        mode = "mock mode: no model is called" if e["mode"] == "mock" else "live mode"
-        self.term.status(self.term.paint(
-            f"aethr: workflow {e['workflow']} ({e['source']}) "
-            f"{self.term.glyph('dot').strip()} {_plural(len(e['steps']), 'step')} "
-            f"{self.term.glyph('dot').strip()} {mode}", "dim"))
-
-    def _on_step_start(self, e: dict) -> None:
-        if not self.out_tty:
-            self.term.write(f"## {e['step']}\n\n")
-        self.term.status(self._header(e))
+        t.status(t.glyph("top") + t.paint(t.glyph("dot").join(parts), "head"))
         self._at_line_start = True
 
     def _on_text(self, e: dict) -> None:
@@ -385,16 +381,18 @@ class TermView:
             self.term.err.write(self.term.paint(e["text"], "dim"))
             self.term.err.flush()
 
-    def _on_progress(self, e: dict) -> None:
-        if not self._at_line_start:         # end the answer's open line first
-            self.term.write("\n")
-            self._at_line_start = True
-        self.term.status(self.term.paint(f"  {e['message']}", "dim"))
-
-    def _on_step_end(self, e: dict) -> None:
+    def _end_line(self) -> None:
+        """End the answer's open line on stdout, if there is one."""
         if not self._at_line_start:
             self.term.write("\n")
             self._at_line_start = True
+
+    def _on_progress(self, e: dict) -> None:
+        self._end_line()
+        self.term.status(self.term.paint(f"  {e['message']}", "dim"))
+
+    def _on_step_end(self, e: dict) -> None:
+        self._end_line()
         if not self.out_tty:
             self.term.write("\n")
         t = self.term
@@ -441,11 +439,12 @@ class JsonView:
         self._end: dict | None = None
 
     def __call__(self, event: dict) -> None:
-        if event["event"] == "warning":
+        kind = event["event"]
+        if kind == "warning":
             self.term.warn(event["message"])
-        if event["event"] in self._QUIET:
+        if kind in self._QUIET:
             return
-        if event["event"] == "run_end" and event["verdict"] in ("failed", "interrupted"):
+        if kind == "run_end" and event["verdict"] in ("failed", "interrupted"):
             self._end = event           # written once the checkpoint path is known
             return
         self._write(event)
@@ -1120,6 +1119,7 @@ def _source_problem(text: str) -> tuple[str, str | None] | None:
     import re
 
     kind, colon, arg = text.partition(":")
+    arg = arg.strip()
     if "\0" in text:
         return "a context source may not contain a NUL character", None
     if kind not in _SOURCES:
@@ -1128,22 +1128,21 @@ def _source_problem(text: str) -> tuple[str, str | None] | None:
                 "file:PATH, glob:PATTERN or cmd:COMMAND")
     if kind == "latest_diff" and colon:
         return "latest_diff takes no argument", "write latest_diff"
-    if kind in ("file", "glob", "cmd") and not arg.strip():
+    if kind in ("file", "glob", "cmd") and not arg:
         return f"{kind}: needs an argument", f"for example {kind}:" + {
             "file": "README.md", "glob": "src/**/*.py", "cmd": "pytest -x -q"}[kind]
-    if kind == "git_diff" and colon and not arg.strip():
+    if kind == "git_diff" and colon and not arg:
         return "git_diff: needs a revision", "write git_diff for uncommitted changes"
     if kind in ("file", "glob"):
-        path = arg.strip()
-        if path.startswith(("/", "\\")) or re.match(r"[A-Za-z]:", path):
-            return f"{kind}: path must be relative to the project root: {path!r}", None
-        if ".." in re.split(r"[/\\]", path):
-            return f"{kind}: path must stay inside the project root: {path!r}", None
+        if arg.startswith(("/", "\\")) or re.match(r"[A-Za-z]:", arg):
+            return f"{kind}: path must be relative to the project root: {arg!r}", None
+        if ".." in re.split(r"[/\\]", arg):
+            return f"{kind}: path must stay inside the project root: {arg!r}", None
         if kind == "glob":
             try:
-                _glob_regex(path)
+                _glob_regex(arg)
             except ValueError as exc:
-                return f"bad glob pattern {path!r}: {exc}", None
+                return f"bad glob pattern {arg!r}: {exc}", None
     return None
 
 
@@ -4017,10 +4016,11 @@ def step_target(step: Step, model: str | None, live: bool) -> str:
     """What a step header says it calls: the live model, or `mock (would call …)`."""
     if step.backend == "opencode":
         who = f"opencode {opencode_model(model)}" if model else "opencode (its default model)"
+    elif model:
+        who = model
     else:
-        who = model or "no model set"
-    return who if live else f"mock (would call {who})" if model or step.backend == "opencode" \
-        else "mock (no model set)"
+        return "no model set" if live else "mock (no model set)"
+    return who if live else f"mock (would call {who})"
 
 
 def _loop_verdict(step: Step, result: StepResult) -> tuple[bool, str | None]:
@@ -4035,17 +4035,13 @@ def _loop_verdict(step: Step, result: StepResult) -> tuple[bool, str | None]:
     return False, None
 
 
-def _artifact_dict(art: Artifact | None) -> dict | None:
+def _artifact_dict(art: Artifact | None, *, patch: bool = True) -> dict | None:
+    """An artifact as plain data; events leave the patch out (`patch=False`)."""
     if art is None:
         return None
-    return {"files": [{"status": st, "path": p, "old_path": old} for st, p, old in art.files],
+    data = {"files": [{"status": st, "path": p, "old_path": old} for st, p, old in art.files],
             "stat": art.stat, "patch": art.patch, "note": art.note}
-
-
-def _event_artifact(art: Artifact | None) -> dict | None:
-    """An artifact as events carry it: files, stat and note (the patch stays out)."""
-    data = _artifact_dict(art)
-    if data is not None:
+    if not patch:
         del data["patch"]
     return data
 
@@ -4143,9 +4139,8 @@ def run_workflow(workflow: Workflow, task: str, *, root: str | Project = ".", li
     mode = "live" if live else "mock"
     state = _RunState(resume["state"] if resume and "state" in resume else resume)
     # AETHR_MODEL is an override too: the checkpoint keeps it, so a resume calls the same.
-    saved_models = dict(overrides)
-    if environ.get("AETHR_MODEL", "").strip() and "*" not in saved_models:
-        saved_models["*"] = environ["AETHR_MODEL"].strip()
+    env_model = environ.get("AETHR_MODEL", "").strip()
+    saved_models = {**overrides, "*": overrides.get("*", env_model)} if env_model else overrides
 
     def checkpoint(step: Step | None) -> dict:
         return _redact_data({"aethr_checkpoint": 1, "aethr_version": __version__, "task": task,
@@ -4178,7 +4173,8 @@ def run_workflow(workflow: Workflow, task: str, *, root: str | Project = ".", li
             emit({"event": "step_end", "step": step.id, "role": step.role,
                   "iteration": result.iteration, "output": result.text, "usage": result.usage,
                   "duration": result.duration, "review_status": result.review_status,
-                  "artifact": _event_artifact(result.artifact), "warnings": result.warnings})
+                  "artifact": _artifact_dict(result.artifact, patch=False),
+                  "warnings": result.warnings})
         # 4. The verdict: revise if a loop ran out, else the last review status given.
         statuses = [r.review_status for r in state.results if r.review_status]
         verdict = "revise" if state.exhausted else (statuses[-1] if statuses else "pass")
@@ -4244,9 +4240,8 @@ def _run_step(workflow: Workflow, task: str, step: Step, state: _RunState, proje
         done, warning = _loop_verdict(step, result)
         if warning:
             step_emit({"event": "warning", "step": step.id, "message": warning})
-        if not done and passes < step.repeat.max_iterations:
-            again = True
-        elif not done:
+        again = not done and passes < step.repeat.max_iterations
+        if not done and not again:
             state.exhausted = True
             step_emit({"event": "warning", "step": step.id, "message":
                        f"step '{step.id}' did not pass after "
