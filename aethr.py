@@ -296,7 +296,7 @@ class Term:
         if traceback:
             import traceback as tb
 
-            self.err.write("".join(tb.format_exception(type(exc), exc, exc.__traceback__)))
+            self.err.write("".join(tb.format_exception(exc)))
         for path, line, column, message, hint in getattr(exc, "problems", ()):
             self.status(f"{path}:{line}:{column}: {message}")
             if hint:
@@ -411,10 +411,10 @@ class TermView:
         t.status(t.glyph("bottom") + t.paint(t.glyph("dot").join(parts), "dim"))
 
     def _on_run_end(self, e: dict) -> None:
-        if e["verdict"] in ("failed", "interrupted"):
+        verdict = e["verdict"]
+        if verdict in ("failed", "interrupted"):
             return                      # main() reports the failure itself
         t, dot = self.term, self.term.glyph("dot")
-        verdict = e["verdict"]
         total = e.get("usage") or {}
         tokens = total.get("input", 0) + total.get("output", 0)
         parts = [_plural(e["steps_run"], "step") + " run", _seconds(e["duration"]),
@@ -2290,23 +2290,18 @@ def build_prompt(workflow: Workflow, task: str, step: Step, *, iteration: int = 
     elif mode == "latest":
         history, pending = history[-1:], ([] if history else pending[-1:])
     entries = [redact(e, secrets) for e in _history_text(history, mode, pending)]
-
-    def render(entries: list[str]) -> str:
-        prev = ("\n# Previous steps\n\n" + "\n\n".join(entries).rstrip("\n") + "\n") \
-            if entries else ""
-        return head + prev + ctx
-
-    user = render(entries)
     # The whole prompt stays within PROMPT_CAP: the oldest history goes first.
     budget = PROMPT_CAP - len(system.encode("utf-8"))
-    trimmed = 0
-    while len(user.encode("utf-8")) > budget and trimmed < len(entries):
+    for trimmed in range(len(entries) + 1):
+        prev = ("\n# Previous steps\n\n" + "\n\n".join(entries).rstrip("\n") + "\n") \
+            if entries else ""
+        user = head + prev + ctx
+        raw = user.encode("utf-8")
+        if len(raw) <= budget or trimmed == len(entries):
+            break
         title = entries[trimmed].split("\n", 1)[0][3:]
         entries[trimmed] = (f"## {title}\n\n[\u2026 trimmed: the prompt is limited to "
                             f"{_size(PROMPT_CAP)}, oldest results first]")
-        trimmed += 1
-        user = render(entries)
-    raw = user.encode("utf-8")
     if len(raw) > budget:
         note = f"\n[\u2026 prompt cut at {_size(PROMPT_CAP)}]\n"
         user = raw[:max(0, budget - len(note.encode()))].decode("utf-8", "ignore") + note
@@ -4259,12 +4254,11 @@ def render_prompts(workflow: Workflow, task: str, project: Project, *,
 
     With `resume` (a checkpoint), only the remaining steps, with the real earlier results.
     """
-    environ, secrets = project.environ, project.secrets
     state = _RunState(resume)
     pending: list[str] = []
     implementer = None
     for step in workflow.steps[state.next:]:
-        model = resolve_model(workflow, step, models, environ)
+        model = resolve_model(workflow, step, models, project.environ)
         latest: Artifact | str | None = state.latest() if implementer is None else (
             f"the artifact of step '{implementer}' appears here when the run happens")
         blocks = collect_context(step, project, latest)
@@ -4272,7 +4266,7 @@ def render_prompts(workflow: Workflow, task: str, project: Project, *,
         iteration = state.passes.get(ctl.index, 0) + 1 if ctl else 1
         yield step, model, build_prompt(workflow, task, step, iteration=iteration,
                                         history=state.results, blocks=blocks,
-                                        pending=list(pending), secrets=secrets)
+                                        pending=list(pending), secrets=project.secrets)
         pending.append(f"{step.id} ({step.role})")
         if step.backend == "opencode":
             implementer = step.id
