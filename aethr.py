@@ -245,10 +245,9 @@ class Term:
                 color = False
             elif env.get("FORCE_COLOR") not in (None, "", "0"):
                 color = True
-            else:
-                color = self.isatty(stream) and env.get("TERM") != "dumb"
-                if color and os.name == "nt":
-                    color = _windows_vt(stream)
+            else:                       # a Windows console needs VT mode switched on
+                color = self.isatty(stream) and env.get("TERM") != "dumb" and (
+                    os.name != "nt" or _windows_vt(stream))
             encoding = getattr(stream, "encoding", None) or "utf-8"
             try:
                 "".join(_BOX.values()).encode(encoding)
@@ -392,10 +391,10 @@ class TermView:
         self.term.status(self.term.paint(f"  {e['message']}", "dim"))
 
     def _on_step_end(self, e: dict) -> None:
+        t = self.term
         self._end_line()
         if not self.out_tty:
-            self.term.write("\n")
-        t = self.term
+            t.write("\n")
         parts = [_seconds(e["duration"])] + _usage_parts(e.get("usage") or {})
         if e.get("review_status"):
             parts.append(f"review status: {e['review_status']}")
@@ -4130,7 +4129,7 @@ def run_workflow(workflow: Workflow, task: str, *, root: str | Project = ".", li
     environ = os.environ if env is None else env
     emit = on_event or (lambda event: None)
     project = root if isinstance(root, Project) else Project(os.fspath(root), environ)
-    overrides, secrets, steps = models or {}, project.secrets, workflow.steps
+    overrides, steps = models or {}, workflow.steps
     mode = "live" if live else "mock"
     state = _RunState(resume["state"] if resume and "state" in resume else resume)
     # AETHR_MODEL is an override too: the checkpoint keeps it, so a resume calls the same.
@@ -4141,7 +4140,7 @@ def run_workflow(workflow: Workflow, task: str, *, root: str | Project = ".", li
         return _redact_data({"aethr_checkpoint": 1, "aethr_version": __version__, "task": task,
                              "mode": mode, "models": saved_models,
                              "workflow": _workflow_ref(workflow), "root": project.root,
-                             "state": state.checkpoint(step)}, secrets)
+                             "state": state.checkpoint(step)}, project.secrets)
 
     started = time.monotonic()
     usage: dict = {}
@@ -4161,8 +4160,7 @@ def run_workflow(workflow: Workflow, task: str, *, root: str | Project = ".", li
         while state.next < len(steps):
             running = step = steps[state.next]
             state.partial = []
-            result = _run_step(workflow, task, step, state, project, overrides, secrets,
-                               live, emit)
+            result = _run_step(workflow, task, step, state, project, overrides, live, emit)
             _add_usage(usage, result.usage)
             running = None
             emit({"event": "step_end", "step": step.id, "role": step.role,
@@ -4193,8 +4191,7 @@ def run_workflow(workflow: Workflow, task: str, *, root: str | Project = ".", li
 
 
 def _run_step(workflow: Workflow, task: str, step: Step, state: _RunState, project: Project,
-              overrides: dict[str, str], secrets: list[str], live: bool,
-              emit: Callable[[dict], None]) -> StepResult:
+              overrides: dict[str, str], live: bool, emit: Callable[[dict], None]) -> StepResult:
     """Run one step, record it in `state` and decide where the run goes next."""
     import time
 
@@ -4217,9 +4214,9 @@ def _run_step(workflow: Workflow, task: str, step: Step, state: _RunState, proje
 
     t0 = time.monotonic()
     # 2. Context is collected each time a step runs: the tree as it is now.
-    blocks = collect_context(step, project, state.latest())
     prompt = build_prompt(workflow, task, step, iteration=iteration, history=state.results,
-                          blocks=blocks, secrets=secrets)
+                          blocks=collect_context(step, project, state.latest()),
+                          secrets=project.secrets)
     backend = (OpenCodeBackend if step.backend == "opencode" else ModelBackend)(
         project.environ, live=live, project=project)
     text, usage, artifact = backend.run(prompt, model, workflow.roles.get(step.role, ""),
