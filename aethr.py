@@ -244,12 +244,11 @@ class Term:
             env = self.environ
             if self.no_color or env.get("NO_COLOR"):
                 color = False
-            elif env.get("FORCE_COLOR") and env.get("FORCE_COLOR") != "0":
+            elif env.get("FORCE_COLOR") not in (None, "", "0"):
                 color = True
-            else:
-                color = self.isatty(stream) and env.get("TERM") != "dumb"
-                if color and os.name == "nt":
-                    color = _windows_vt(stream)
+            else:                       # a Windows console needs VT mode switched on
+                color = self.isatty(stream) and env.get("TERM") != "dumb" and (
+                    os.name != "nt" or _windows_vt(stream))
             encoding = getattr(stream, "encoding", None) or "utf-8"
             try:
                 "".join(_BOX.values()).encode(encoding)
@@ -297,7 +296,7 @@ class Term:
         if traceback:
             import traceback as tb
 
-            self.err.write("".join(tb.format_exception(type(exc), exc, exc.__traceback__)))
+            self.err.write("".join(tb.format_exception(exc)))
         for path, line, column, message, hint in getattr(exc, "problems", ()):
             self.status(f"{path}:{line}:{column}: {message}")
             if hint:
@@ -352,24 +351,20 @@ class TermView:
     def __call__(self, event: dict) -> None:
         getattr(self, "_on_" + event["event"], lambda e: None)(event)
 
-    def _header(self, e: dict) -> str:
-        t, dot = self.term, self.term.glyph("dot")
+    def _on_run_start(self, e: dict) -> None:
+        mode = "mock mode: no model is called" if e["mode"] == "mock" else "live mode"
+        dot = self.term.glyph("dot").strip()
+        self.term.status(self.term.paint(f"aethr: workflow {e['workflow']} ({e['source']}) {dot} "
+                                         f"{_plural(len(e['steps']), 'step')} {dot} {mode}", "dim"))
+
+    def _on_step_start(self, e: dict) -> None:
+        t = self.term
+        if not self.out_tty:
+            t.write(f"## {e['step']}\n\n")
         parts = [f"step {e['number']}/{e['total']}", e["step"], e["role"], e["where"]]
         if e.get("max_iterations"):
             parts.append(f"iteration {e['iteration']}/{e['max_iterations']}")
-        return t.glyph("top") + t.paint(dot.join(parts), "head")
-
-    def _on_run_start(self, e: dict) -> None:
-        mode = "mock mode: no model is called" if e["mode"] == "mock" else "live mode"
-        self.term.status(self.term.paint(
-            f"aethr: workflow {e['workflow']} ({e['source']}) "
-            f"{self.term.glyph('dot').strip()} {_plural(len(e['steps']), 'step')} "
-            f"{self.term.glyph('dot').strip()} {mode}", "dim"))
-
-    def _on_step_start(self, e: dict) -> None:
-        if not self.out_tty:
-            self.term.write(f"## {e['step']}\n\n")
-        self.term.status(self._header(e))
+        t.status(t.glyph("top") + t.paint(t.glyph("dot").join(parts), "head"))
         self._at_line_start = True
 
     def _on_text(self, e: dict) -> None:
@@ -386,19 +381,21 @@ class TermView:
             self.term.err.write(self.term.paint(e["text"], "dim"))
             self.term.err.flush()
 
-    def _on_progress(self, e: dict) -> None:
-        if not self._at_line_start:         # end the answer's open line first
-            self.term.write("\n")
-            self._at_line_start = True
-        self.term.status(self.term.paint(f"  {e['message']}", "dim"))
-
-    def _on_step_end(self, e: dict) -> None:
+    def _end_line(self) -> None:
+        """End the answer's open line on stdout, if there is one."""
         if not self._at_line_start:
             self.term.write("\n")
             self._at_line_start = True
-        if not self.out_tty:
-            self.term.write("\n")
+
+    def _on_progress(self, e: dict) -> None:
+        self._end_line()
+        self.term.status(self.term.paint(f"  {e['message']}", "dim"))
+
+    def _on_step_end(self, e: dict) -> None:
         t = self.term
+        self._end_line()
+        if not self.out_tty:
+            t.write("\n")
         parts = [_seconds(e["duration"])] + _usage_parts(e.get("usage") or {})
         if e.get("review_status"):
             parts.append(f"review status: {e['review_status']}")
@@ -414,10 +411,10 @@ class TermView:
         t.status(t.glyph("bottom") + t.paint(t.glyph("dot").join(parts), "dim"))
 
     def _on_run_end(self, e: dict) -> None:
-        if e["verdict"] in ("failed", "interrupted"):
+        verdict = e["verdict"]
+        if verdict in ("failed", "interrupted"):
             return                      # main() reports the failure itself
         t, dot = self.term, self.term.glyph("dot")
-        verdict = e["verdict"]
         total = e.get("usage") or {}
         tokens = total.get("input", 0) + total.get("output", 0)
         parts = [_plural(e["steps_run"], "step") + " run", _seconds(e["duration"]),
@@ -442,11 +439,12 @@ class JsonView:
         self._end: dict | None = None
 
     def __call__(self, event: dict) -> None:
-        if event["event"] == "warning":
+        kind = event["event"]
+        if kind == "warning":
             self.term.warn(event["message"])
-        if event["event"] in self._QUIET:
+        if kind in self._QUIET:
             return
-        if event["event"] == "run_end" and event["verdict"] in ("failed", "interrupted"):
+        if kind == "run_end" and event["verdict"] in ("failed", "interrupted"):
             self._end = event           # written once the checkpoint path is known
             return
         self._write(event)
@@ -1092,19 +1090,6 @@ _SOURCES = ("git_diff", "latest_diff", "file", "glob", "cmd")
 _STEP_ID_RE = _Regex(r"[^\s\x00-\x1f\x7f-\x9f]+\Z")
 
 
-class Repeat:
-    """A loop: run again from `back_to` through the controller step."""
-
-    __slots__ = ("back_to", "until_review_pass", "until_contains", "max_iterations")
-
-    def __init__(self, back_to: str, until_review_pass: bool, until_contains: str | None,
-                 max_iterations: int) -> None:
-        self.back_to = back_to
-        self.until_review_pass = until_review_pass
-        self.until_contains = until_contains
-        self.max_iterations = max_iterations
-
-
 class _Record:
     """A small record: fields by keyword, missing ones None (dataclasses cost start-up time)."""
 
@@ -1113,6 +1098,12 @@ class _Record:
     def __init__(self, **fields: Any) -> None:
         for name in self.__slots__:
             setattr(self, name, fields.get(name))
+
+
+class Repeat(_Record):
+    """A loop: run again from `back_to` through the controller step."""
+
+    __slots__ = _REPEAT_KEYS
 
 
 class Step(_Record):
@@ -1182,6 +1173,7 @@ def _describe(value: object) -> str:
 def _source_problem(text: str) -> tuple[str, str | None] | None:
     """What is wrong with a context source, as (message, hint), or None."""
     kind, colon, arg = text.partition(":")
+    arg = arg.strip()
     if "\0" in text:
         return "a context source may not contain a NUL character", None
     if kind not in _SOURCES:
@@ -1190,23 +1182,22 @@ def _source_problem(text: str) -> tuple[str, str | None] | None:
                 "file:PATH, glob:PATTERN or cmd:COMMAND")
     if kind == "latest_diff" and colon:
         return "latest_diff takes no argument", "write latest_diff"
-    if kind in ("file", "glob", "cmd") and not arg.strip():
+    if kind in ("file", "glob", "cmd") and not arg:
         return f"{kind}: needs an argument", f"for example {kind}:" + {
             "file": "README.md", "glob": "src/**/*.py", "cmd": "pytest -x -q"}[kind]
-    if kind == "git_diff" and colon and not arg.strip():
+    if kind == "git_diff" and colon and not arg:
         return "git_diff: needs a revision", "write git_diff for uncommitted changes"
     if kind in ("file", "glob"):
-        path = arg.strip()
-        if path.startswith(("/", "\\")) or (path[1:2] == ":" and path[0].isascii()
-                                             and path[0].isalpha()):
-            return f"{kind}: path must be relative to the project root: {path!r}", None
-        if ".." in path.replace("\\", "/").split("/"):
-            return f"{kind}: path must stay inside the project root: {path!r}", None
+        if arg.startswith(("/", "\\")) or (arg[1:2] == ":" and arg[0].isascii()
+                                            and arg[0].isalpha()):
+            return f"{kind}: path must be relative to the project root: {arg!r}", None
+        if ".." in arg.replace("\\", "/").split("/"):
+            return f"{kind}: path must stay inside the project root: {arg!r}", None
         if kind == "glob":
             try:
-                _glob_regex(path)
+                _glob_regex(arg)
             except ValueError as exc:
-                return f"bad glob pattern {path!r}: {exc}", None
+                return f"bad glob pattern {arg!r}: {exc}", None
     return None
 
 
@@ -1253,11 +1244,7 @@ def _glob_regex(pattern: str) -> re.Pattern[str]:
         j, piece = 0, []
         while j < len(part):
             c = part[j]
-            if c == "*":
-                piece.append("[^/]*")
-            elif c == "?":
-                piece.append("[^/]")
-            elif c == "[":
+            if c == "[":
                 # As in fnmatch: "!" or "^" negates, and a "]" right after them is literal.
                 start = j + 2 if part[j + 1:j + 2] in ("!", "^") else j + 1
                 end = part.find("]", start + 1 if part[start:start + 1] == "]" else start)
@@ -1266,7 +1253,7 @@ def _glob_regex(pattern: str) -> re.Pattern[str]:
                 piece.append(_glob_class(part[start:end], negate=start == j + 2))
                 j = end
             else:
-                piece.append(re.escape(c))
+                piece.append({"*": "[^/]*", "?": "[^/]"}.get(c) or re.escape(c))
             j += 1
         out.append("".join(piece) + ("" if last else "/"))
     try:
@@ -1286,8 +1273,8 @@ class _Checker:
 
     def add(self, path: tuple, message: str, hint: str | None = None, *, at_key: bool = False
             ) -> None:
-        marks = self.keys if at_key else self.values
-        line, column = marks.get(path) or self.keys.get(path) or self.values.get(path) or (1, 1)
+        first, second = (self.keys, self.values) if at_key else (self.values, self.keys)
+        line, column = first.get(path) or second.get(path) or (1, 1)
         self.problems.append((self.display, line, column, message, hint))
 
     def mapping(self, value: object, path: tuple, what: str, known: tuple[str, ...]) -> dict:
@@ -1303,17 +1290,26 @@ class _Checker:
                          at_key=True)
         return value
 
-    def string(self, value: object, path: tuple, what: str, *, empty: bool = False) -> str | None:
-        if isinstance(value, str) and (empty or value.strip()):
+    def table(self, value: object, key: str, what: str) -> dict:
+        """The top-level mapping `key` of role name to `what`; {} when absent or not a mapping."""
+        if isinstance(value, dict):
             return value
+        if value is not None:
+            self.add((key,), f"{key} must be a mapping of role name to {what}, not "
+                     f"{_describe(value)}")
+        return {}
+
+    def string(self, value: object, path: tuple, what: str, *, empty: bool = False) -> str | None:
         if isinstance(value, str):
+            if empty or value.strip():
+                return value
             self.add(path, f"{what} must not be empty")
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            self.add(path, f"{what} must be a string, not {_describe(value)}",
-                     "quote it, as YAML reads an unquoted 3.10 as the number 3.1"
-                     if isinstance(value, float) else f'quote it: "{value}"')
-        else:
-            self.add(path, f"{what} must be a string, not {_describe(value)}")
+            return None
+        hint = None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            hint = ("quote it, as YAML reads an unquoted 3.10 as the number 3.1"
+                    if isinstance(value, float) else f'quote it: "{value}"')
+        self.add(path, f"{what} must be a string, not {_describe(value)}", hint)
         return None
 
     def boolean(self, value: object, path: tuple, what: str) -> bool | None:
@@ -1355,8 +1351,7 @@ def _check_step(ck: _Checker, raw: object, i: int, roles: dict, declared: Any) -
         ck.add(path, f"step {i + 1} must be a mapping with id and role, not {_describe(raw)}")
         return None
     ck.mapping(raw, path, f"step {i + 1}", _STEP_KEYS)
-    name = raw.get("id")
-    sid = ck.string(name, path + ("id",), "step id") if "id" in raw else None
+    sid = ck.string(raw["id"], path + ("id",), "step id") if "id" in raw else None
     if "id" not in raw:
         ck.add(path, f"step {i + 1} has no id", "add id: NAME")
     elif sid is not None and not ((sid.isprintable() and " " not in sid)
@@ -1374,39 +1369,31 @@ def _check_step(ck: _Checker, raw: object, i: int, roles: dict, declared: Any) -
                         _BACKENDS)
     step = Step(id=sid, role=role, backend=backend, index=i, history_visibility="all",
                 timeout=STEP_TIMEOUT, unsafe_permissions=False, context=[])
-    if "model" in raw:
-        step.model = ck.model(raw["model"], path + ("model",), f"model of {label}")
-    if "max_tokens" in raw:
-        step.max_tokens = ck.integer(raw["max_tokens"], path + ("max_tokens",),
-                                     f"max_tokens of {label}", 1)
-        if backend == "opencode":
-            ck.add(path + ("max_tokens",), f"max_tokens applies to model steps only ({label} "
-                   "uses OpenCode)", "remove it", at_key=True)
-    if "unsafe_permissions" in raw:
-        step.unsafe_permissions = ck.boolean(raw["unsafe_permissions"],
-                                             path + ("unsafe_permissions",),
-                                             f"unsafe_permissions of {label}")
-        if backend == "model":
-            ck.add(path + ("unsafe_permissions",), f"unsafe_permissions applies to OpenCode "
-                   f"steps only ({label} is a model step)", "remove it, or add backend: opencode",
-                   at_key=True)
-    if "timeout" in raw:
-        step.timeout = ck.integer(raw["timeout"], path + ("timeout",), f"timeout of {label}", 1)
-    if "history_visibility" in raw:
-        step.history_visibility = ck.choice(raw["history_visibility"],
-                                            path + ("history_visibility",),
-                                            f"history_visibility of {label}", _HISTORY)
+    # The optional fields: each key, its check and the check's limits or choices.
+    for key, check, *extra in (("model", ck.model), ("max_tokens", ck.integer, 1),
+                               ("unsafe_permissions", ck.boolean), ("timeout", ck.integer, 1),
+                               ("history_visibility", ck.choice, _HISTORY)):
+        if key in raw:
+            setattr(step, key, check(raw[key], path + (key,), f"{key} of {label}", *extra))
+    if "max_tokens" in raw and backend == "opencode":
+        ck.add(path + ("max_tokens",), f"max_tokens applies to model steps only ({label} "
+               "uses OpenCode)", "remove it", at_key=True)
+    if "unsafe_permissions" in raw and backend == "model":
+        ck.add(path + ("unsafe_permissions",), f"unsafe_permissions applies to OpenCode "
+               f"steps only ({label} is a model step)", "remove it, or add backend: opencode",
+               at_key=True)
     context = raw.get("context")
     if context is not None and not isinstance(context, list):
         ck.add(path + ("context",), f"context of {label} must be a list, not "
                f"{_describe(context)}", "write it as a list: [git_diff, file:README.md]")
     for j, item in enumerate(context if isinstance(context, list) else []):
         text = ck.string(item, path + ("context", j), f"context source of {label}")
-        problem = _source_problem(text.strip()) if text is not None else None
-        if problem:
-            ck.add(path + ("context", j), *problem)
-        elif text is not None:
-            step.context.append(text.strip())
+        if text is not None:
+            problem = _source_problem(text.strip())
+            if problem:
+                ck.add(path + ("context", j), *problem)
+            else:
+                step.context.append(text.strip())
     if "repeat" in raw:
         step.repeat = _check_repeat(ck, raw["repeat"], path + ("repeat",), label)
     return step
@@ -1434,7 +1421,8 @@ def _check_repeat(ck: _Checker, raw: object, path: tuple, label: str) -> Repeat 
     if back_to is None:
         return None
     # Even with a bad max_iterations the loop is kept, so back_to and overlaps get checked.
-    return Repeat(back_to, bool(until_pass), until_contains, iterations or 1)
+    return Repeat(back_to=back_to, until_review_pass=bool(until_pass),
+                  until_contains=until_contains, max_iterations=iterations or 1)
 
 
 def _check_workflow(data: object, ck: _Checker) -> dict:
@@ -1449,12 +1437,9 @@ def _check_workflow(data: object, ck: _Checker) -> dict:
     name = ck.string(data["workflow"], ("workflow",), "workflow") if "workflow" in data else None
     desc = ck.string(data["description"], ("description",), "description", empty=True) \
         if "description" in data else None
-    raw_roles = data.get("roles")
+    raw_roles = ck.table(data.get("roles"), "roles", "instruction")
     roles: dict[str, str] = {}
-    if raw_roles is not None and not isinstance(raw_roles, dict):
-        ck.add(("roles",), f"roles must be a mapping of role name to instruction, not "
-               f"{_describe(raw_roles)}")
-    for role, text in (raw_roles.items() if isinstance(raw_roles, dict) else ()):
+    for role, text in raw_roles.items():
         if text is None:
             ck.add(("roles", role), f"role {role!r} has no instruction",
                    "write what this role should do, e.g. a | block of text")
@@ -1462,13 +1447,9 @@ def _check_workflow(data: object, ck: _Checker) -> dict:
         value = ck.string(text, ("roles", role), f"instruction of role {role!r}")
         if value is not None:
             roles[role] = value
-    raw_models = data.get("models")
     models: dict[str, str] = {}
-    if raw_models is not None and not isinstance(raw_models, dict):
-        ck.add(("models",), f"models must be a mapping of role name to provider:model, not "
-               f"{_describe(raw_models)}")
-    for role, value in (raw_models.items() if isinstance(raw_models, dict) else ()):
-        if role != "default" and role not in (raw_roles if isinstance(raw_roles, dict) else {}):
+    for role, value in ck.table(data.get("models"), "models", "provider:model").items():
+        if role != "default" and role not in raw_roles:
             ck.add(("models", role), f"models names {role!r}, which is not a role",
                    _did_you_mean(role, list(roles) + ["default"])
                    or "keys under models are role names or default", at_key=True)
@@ -1483,7 +1464,7 @@ def _check_workflow(data: object, ck: _Checker) -> dict:
                f"steps must be a list, not {_describe(raw_steps)}",
                "add steps: a list of {id, role, ...} mappings", at_key=not raw_steps)
     for i, raw in enumerate(raw_steps if isinstance(raw_steps, list) else ()):
-        step = _check_step(ck, raw, i, roles, raw_roles if isinstance(raw_roles, dict) else {})
+        step = _check_step(ck, raw, i, roles, raw_roles)
         if step is not None:
             steps.append(step)
     _check_steps_together(ck, steps, models)
@@ -1493,12 +1474,10 @@ def _check_workflow(data: object, ck: _Checker) -> dict:
 def _check_steps_together(ck: _Checker, steps: list[Step], models: dict[str, str]) -> None:
     ids: dict[str, int] = {}
     for step in steps:
-        if step.id is None:
-            continue
         if step.id in ids:
             ck.add(("steps", step.index, "id"), f"duplicate step id {step.id!r} (first used by "
                    f"step {ids[step.id] + 1})")
-        else:
+        elif step.id is not None:
             ids[step.id] = step.index
     slices: list[tuple[int, int, Step]] = []
     for step in steps:
@@ -1565,8 +1544,8 @@ def load_workflow(path: str | os.PathLike | None = None, *, text: str | None = N
     fields = _check_workflow(data, ck)
     if ck.problems:
         ck.problems.sort(key=lambda p: (p[1], p[2]))     # file order; stable for one spot
-        n = len(ck.problems)
-        raise ConfigError(f"{_plural(n, 'problem')} in {display}", problems=ck.problems)
+        raise ConfigError(f"{_plural(len(ck.problems), 'problem')} in {display}",
+                          problems=ck.problems)
     name = fields["name"] or (preset or os.path.splitext(os.path.basename(display))[0]
                               .lstrip(".") or "workflow")
     return Workflow(path=None if preset else display, preset=preset, text=text, marks=values,
@@ -2326,71 +2305,59 @@ def _history_text(results: list[StepResult], mode: str, pending: list[str]) -> l
     """The `Previous steps` entries: `results` are those the step may see (SPEC §5)."""
     newest_patch = next((r for r in reversed(results) if r.artifact is not None
                          and r.artifact.files), None)
+    summary = mode == "summary"
     entries = []
     for r in results:
         text = r.text.strip() or "(no text)"
-        if mode == "summary" and len(text) > SUMMARY_CHARS:
+        if summary and len(text) > SUMMARY_CHARS:
             text = text[:SUMMARY_CHARS].rstrip() + f"\n[\u2026 cut to its first {SUMMARY_CHARS} " \
                 "characters]"
         parts = [f"## {r.title()}\n\n{text}"]
-        if mode == "summary" and r.review_status:
+        if summary and r.review_status:
             parts.append(f"Review status: {r.review_status}")
         if r.artifact is not None:
-            if r.artifact.files:
-                parts.append(r.artifact.describe(patch=(mode != "summary" and r is newest_patch)))
-            else:
-                parts.append(f"[{r.artifact.summary()}]")
+            parts.append(r.artifact.describe(patch=not summary and r is newest_patch)
+                         if r.artifact.files else f"[{r.artifact.summary()}]")
         entries.append("\n\n".join(parts))
-    for title in pending:
-        entries.append(f"## {title}\n\n[output of step {title} \u2014 shown here when the run "
-                       "happens; --show-prompt calls no model]")
-    return entries
+    return entries + [f"## {title}\n\n[output of step {title} \u2014 shown here when the run "
+                      "happens; --show-prompt calls no model]" for title in pending]
 
 
 def build_prompt(workflow: Workflow, task: str, step: Step, *, iteration: int = 1,
                  history: list[StepResult] | None = None, blocks: list[Block] | None = None,
                  pending: list[str] | None = None, secrets: list[str] | None = None) -> Prompt:
     """Render a step's prompt: deterministic, redacted, within the prompt budget (SPEC §5)."""
-    history = history or []
     blocks = blocks or []
     secrets = secrets or []
     # Secrets are redacted piece by piece, before the budget is measured.
     system = redact(build_system(workflow, step), secrets)
-    max_it = step.repeat.max_iterations if step.repeat else None
+    # A step inside a loop (the controller too) shows which pass this is.
     ctl = workflow.controller_of(step.index)
-    if ctl is not None:
-        max_it = ctl.repeat.max_iterations
-    it = f", iteration {iteration}/{max_it}" if max_it else ""
+    it = f", iteration {iteration}/{ctl.repeat.max_iterations}" if ctl else ""
     head = redact(f"# Task\n\n{task.strip()}\n\n# Step\n\n{step.id} (role: {step.role}{it})\n",
                   secrets)
-    ctx = []
-    for b in blocks:
-        base = f" ({b.base})" if b.base else ""
-        ctx.append(redact(f"# Context: {b.source}{base}\n\n{b.body.rstrip(chr(10))}\n", secrets))
+    ctx = "".join("\n" + redact(f"# Context: {b.source}" + (f" ({b.base})" if b.base else "")
+                                + f"\n\n{b.body.rstrip(chr(10))}\n", secrets) for b in blocks)
     # What this step may see of earlier results (SPEC §5 history_visibility).
     mode = step.history_visibility
-    history = [] if mode == "none" else history[-1:] if mode == "latest" else list(history)
-    pending = pending or []
-    pending = [] if mode == "none" or (mode == "latest" and history) else \
-        pending[-1:] if mode == "latest" else pending
+    history, pending = list(history or []), pending or []
+    if mode == "none":
+        history, pending = [], []
+    elif mode == "latest":
+        history, pending = history[-1:], ([] if history else pending[-1:])
     entries = [redact(e, secrets) for e in _history_text(history, mode, pending)]
-
-    def render(entries: list[str]) -> str:
-        prev = ("\n# Previous steps\n\n" + "\n\n".join(entries).rstrip("\n") + "\n") \
-            if entries else ""
-        return head + prev + "".join("\n" + c for c in ctx)
-
-    user = render(entries)
     # The whole prompt stays within PROMPT_CAP: the oldest history goes first.
     budget = PROMPT_CAP - len(system.encode("utf-8"))
-    trimmed = 0
-    while len(user.encode("utf-8")) > budget and trimmed < len(entries):
+    for trimmed in range(len(entries) + 1):
+        prev = ("\n# Previous steps\n\n" + "\n\n".join(entries).rstrip("\n") + "\n") \
+            if entries else ""
+        user = head + prev + ctx
+        raw = user.encode("utf-8")
+        if len(raw) <= budget or trimmed == len(entries):
+            break
         title = entries[trimmed].split("\n", 1)[0][3:]
         entries[trimmed] = (f"## {title}\n\n[\u2026 trimmed: the prompt is limited to "
                             f"{_size(PROMPT_CAP)}, oldest results first]")
-        trimmed += 1
-        user = render(entries)
-    raw = user.encode("utf-8")
     if len(raw) > budget:
         note = f"\n[\u2026 prompt cut at {_size(PROMPT_CAP)}]\n"
         user = raw[:max(0, budget - len(note.encode()))].decode("utf-8", "ignore") + note
@@ -4078,10 +4045,11 @@ def step_target(step: Step, model: str | None, live: bool) -> str:
     """What a step header says it calls: the live model, or `mock (would call …)`."""
     if step.backend == "opencode":
         who = f"opencode {opencode_model(model)}" if model else "opencode (its default model)"
+    elif model:
+        who = model
     else:
-        who = model or "no model set"
-    return who if live else f"mock (would call {who})" if model or step.backend == "opencode" \
-        else "mock (no model set)"
+        return "no model set" if live else "mock (no model set)"
+    return who if live else f"mock (would call {who})"
 
 
 def _loop_verdict(step: Step, result: StepResult) -> tuple[bool, str | None]:
@@ -4096,17 +4064,13 @@ def _loop_verdict(step: Step, result: StepResult) -> tuple[bool, str | None]:
     return False, None
 
 
-def _artifact_dict(art: Artifact | None) -> dict | None:
+def _artifact_dict(art: Artifact | None, *, patch: bool = True) -> dict | None:
+    """An artifact as plain data; events leave the patch out (`patch=False`)."""
     if art is None:
         return None
-    return {"files": [{"status": st, "path": p, "old_path": old} for st, p, old in art.files],
+    data = {"files": [{"status": st, "path": p, "old_path": old} for st, p, old in art.files],
             "stat": art.stat, "patch": art.patch, "note": art.note}
-
-
-def _event_artifact(art: Artifact | None) -> dict | None:
-    """An artifact as events carry it: files, stat and note (the patch stays out)."""
-    data = _artifact_dict(art)
-    if data is not None:
+    if not patch:
         del data["patch"]
     return data
 
@@ -4200,19 +4164,18 @@ def run_workflow(workflow: Workflow, task: str, *, root: str | Project = ".", li
     environ = os.environ if env is None else env
     emit = on_event or (lambda event: None)
     project = root if isinstance(root, Project) else Project(os.fspath(root), environ)
-    overrides, secrets, steps = models or {}, project.secrets, workflow.steps
+    overrides, steps = models or {}, workflow.steps
     mode = "live" if live else "mock"
     state = _RunState(resume["state"] if resume and "state" in resume else resume)
     # AETHR_MODEL is an override too: the checkpoint keeps it, so a resume calls the same.
-    saved_models = dict(overrides)
-    if environ.get("AETHR_MODEL", "").strip() and "*" not in saved_models:
-        saved_models["*"] = environ["AETHR_MODEL"].strip()
+    env_model = environ.get("AETHR_MODEL", "").strip()
+    saved_models = {**overrides, "*": overrides.get("*", env_model)} if env_model else overrides
 
     def checkpoint(step: Step | None) -> dict:
         return _redact_data({"aethr_checkpoint": 1, "aethr_version": __version__, "task": task,
                              "mode": mode, "models": saved_models,
                              "workflow": _workflow_ref(workflow), "root": project.root,
-                             "state": state.checkpoint(step)}, secrets)
+                             "state": state.checkpoint(step)}, project.secrets)
 
     started = time.monotonic()
     usage: dict = {}
@@ -4232,14 +4195,14 @@ def run_workflow(workflow: Workflow, task: str, *, root: str | Project = ".", li
         while state.next < len(steps):
             running = step = steps[state.next]
             state.partial = []
-            result = _run_step(workflow, task, step, state, project, overrides, secrets,
-                               live, emit)
+            result = _run_step(workflow, task, step, state, project, overrides, live, emit)
             _add_usage(usage, result.usage)
             running = None
             emit({"event": "step_end", "step": step.id, "role": step.role,
                   "iteration": result.iteration, "output": result.text, "usage": result.usage,
                   "duration": result.duration, "review_status": result.review_status,
-                  "artifact": _event_artifact(result.artifact), "warnings": result.warnings})
+                  "artifact": _artifact_dict(result.artifact, patch=False),
+                  "warnings": result.warnings})
         # 4. The verdict: revise if a loop ran out, else the last review status given.
         statuses = [r.review_status for r in state.results if r.review_status]
         verdict = "revise" if state.exhausted else (statuses[-1] if statuses else "pass")
@@ -4263,8 +4226,7 @@ def run_workflow(workflow: Workflow, task: str, *, root: str | Project = ".", li
 
 
 def _run_step(workflow: Workflow, task: str, step: Step, state: _RunState, project: Project,
-              overrides: dict[str, str], secrets: list[str], live: bool,
-              emit: Callable[[dict], None]) -> StepResult:
+              overrides: dict[str, str], live: bool, emit: Callable[[dict], None]) -> StepResult:
     """Run one step, record it in `state` and decide where the run goes next."""
     import time
 
@@ -4287,9 +4249,9 @@ def _run_step(workflow: Workflow, task: str, step: Step, state: _RunState, proje
 
     t0 = time.monotonic()
     # 2. Context is collected each time a step runs: the tree as it is now.
-    blocks = collect_context(step, project, state.latest())
     prompt = build_prompt(workflow, task, step, iteration=iteration, history=state.results,
-                          blocks=blocks, secrets=secrets)
+                          blocks=collect_context(step, project, state.latest()),
+                          secrets=project.secrets)
     backend = (OpenCodeBackend if step.backend == "opencode" else ModelBackend)(
         project.environ, live=live, project=project)
     text, usage, artifact = backend.run(prompt, model, workflow.roles.get(step.role, ""),
@@ -4305,9 +4267,8 @@ def _run_step(workflow: Workflow, task: str, step: Step, state: _RunState, proje
         done, warning = _loop_verdict(step, result)
         if warning:
             step_emit({"event": "warning", "step": step.id, "message": warning})
-        if not done and passes < step.repeat.max_iterations:
-            again = True
-        elif not done:
+        again = not done and passes < step.repeat.max_iterations
+        if not done and not again:
             state.exhausted = True
             step_emit({"event": "warning", "step": step.id, "message":
                        f"step '{step.id}' did not pass after "
@@ -4325,12 +4286,11 @@ def render_prompts(workflow: Workflow, task: str, project: Project, *,
 
     With `resume` (a checkpoint), only the remaining steps, with the real earlier results.
     """
-    environ, secrets = project.environ, project.secrets
     state = _RunState(resume)
     pending: list[str] = []
     implementer = None
     for step in workflow.steps[state.next:]:
-        model = resolve_model(workflow, step, models, environ)
+        model = resolve_model(workflow, step, models, project.environ)
         latest: Artifact | str | None = state.latest() if implementer is None else (
             f"the artifact of step '{implementer}' appears here when the run happens")
         blocks = collect_context(step, project, latest)
@@ -4338,7 +4298,7 @@ def render_prompts(workflow: Workflow, task: str, project: Project, *,
         iteration = state.passes.get(ctl.index, 0) + 1 if ctl else 1
         yield step, model, build_prompt(workflow, task, step, iteration=iteration,
                                         history=state.results, blocks=blocks,
-                                        pending=list(pending), secrets=secrets)
+                                        pending=list(pending), secrets=project.secrets)
         pending.append(f"{step.id} ({step.role})")
         if step.backend == "opencode":
             implementer = step.id
@@ -4360,8 +4320,9 @@ def env_bool(environ: dict[str, str], name: str) -> bool:
 
 def wants_live(flag: bool, overrides: dict[str, str], environ: dict[str, str]) -> bool:
     """Live mode (SPEC §2): --live, a true AETHR_LIVE, or a non-empty model override."""
-    live = env_bool(environ, "AETHR_LIVE")
-    return flag or live or bool(overrides) or bool(environ.get("AETHR_MODEL", "").strip())
+    # env_bool comes first: a bad AETHR_LIVE is an error even with --live.
+    return env_bool(environ, "AETHR_LIVE") or flag or bool(overrides) or bool(
+        environ.get("AETHR_MODEL", "").strip())
 
 
 #: Where `aethr auth login PROVIDER` keeps each provider's key.
@@ -4459,8 +4420,7 @@ def load_dotenv(project: Project) -> tuple[Env, list[str]]:
         if not env.get(name):           # variables already set in the environment win
             env[name] = value
             env.dotenv.add(name)
-    shown = _relative(path)
-    return env, [f"{shown}:{n}: not KEY=VALUE; the line was ignored" for n in bad]
+    return env, [f"{_relative(path)}:{n}: not KEY=VALUE; the line was ignored" for n in bad]
 
 
 def mask(value: str) -> str:
@@ -4481,17 +4441,16 @@ def write_dotenv_var(path: str, name: str, value: str | None) -> bool:
             lines.pop()
     pattern = re.compile(rf"[ \t]*(?:export[ \t]+)?{name}[ \t]*=")
     kept = [line for line in lines if not pattern.match(line)]
-    changed = len(kept) != len(lines)
     if value is not None:
         quoted = value if re.fullmatch(r"[A-Za-z0-9_./:+=@,-]*", value) else "'" + value + "'"
         kept.append(f"{name}={quoted}")
-        changed = True
-    if changed:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape", newline="\n") as f:
-            f.write("\n".join(kept) + ("\n" if kept else ""))
-        os.chmod(path, 0o600)
-    return changed
+    elif len(kept) == len(lines):
+        return False                    # nothing to remove
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape", newline="\n") as f:
+        f.write("\n".join(kept) + ("\n" if kept else ""))
+    os.chmod(path, 0o600)
+    return True
 
 
 # == 12. Commands and CLI =====================================================
