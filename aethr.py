@@ -1732,6 +1732,8 @@ def _capture(argv: list[str], env: dict[str, str], *, limit: int | None, timeout
     except ImportError:
         from signal import SIGKILL, SIGPIPE, SIGXFSZ
 
+    # With 0, 1 or 2 closed a pipe may take that number: the dup2 below then clears its
+    # close-on-exec flag (POSIX 2018; glibc and musl), so the child still gets it.
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
     try:
@@ -5323,6 +5325,16 @@ def cmd_version(args: argparse.Namespace, term: Term) -> int:
 
 
 def _setup_streams() -> None:
+    # A closed standard descriptor (`2>&-`) becomes /dev/null, as git does: what is written to
+    # it is dropped instead of failing the run, and no pipe or file aethr opens can land on it.
+    for fd, name in enumerate(("stdin", "stdout", "stderr")):
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.set_inheritable(os.open(os.devnull, os.O_RDWR), True)  # the lowest free: fd
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(fd, "r" if fd == 0 else "w", encoding="utf-8",
+                                    errors="replace", closefd=False))
     # A redirected stdout is written as UTF-8 (SPEC §1); a console whose encoding cannot
     # show a character gets a replacement instead of a crash (cp1252).
     for stream in (sys.stdout, sys.stderr):

@@ -1133,3 +1133,47 @@ def test_a_deleted_current_directory_is_a_usage_error(cli, tmp_path, monkeypatch
         assert r.code == 2, r
         assert "the current directory no longer exists" in r.err
         assert "Traceback" not in r.err
+
+
+# -- closed standard descriptors (`2>&-`, `<&-`, `>&-`) --------------------------------------
+
+@pytest.mark.parametrize("closed", ["2>&-", "<&- 2>&-", "<&- >/dev/null 2>&-"])
+def test_closed_standard_descriptors_are_dev_null(git_repo, closed):
+    """As in git: a closed 0, 1 or 2 is /dev/null, so the run neither fails nor loses its git
+    output (a pipe opened for git must not land on the child's stdout or stderr)."""
+    make_changes(git_repo)
+    script = f'"{sys.executable}" "{AETHR_PY}" run --show-prompt review {closed}; echo "rc=$?"'
+    proc = subprocess.run(["sh", "-c", script], cwd=git_repo, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.stdout.rstrip().endswith("rc=0"), proc.stdout
+    if ">/dev/null" not in closed:
+        assert "src/app.py" in proc.stdout and "notes.txt" in proc.stdout
+
+
+@pytest.mark.parametrize("closed", [(2,), (0, 1), (0, 1, 2)], ids=repr)
+def test_git_with_closed_descriptors_in_the_caller(git_repo, tmp_path, closed):
+    """Through the Python API, in a process whose standard descriptors are closed (so the
+    pipes for git would get their numbers): git's output and its error message still come
+    back through their own pipes."""
+    report = tmp_path / "report.txt"
+    code = (
+        "import os, sys\n"
+        f"for fd in {closed!r}:\n"
+        "    os.close(fd)\n"
+        "import aethr\n"
+        "env = dict(os.environ)\n"
+        "out = aethr._git(['rev-parse', '--show-toplevel'], os.getcwd(), env)[0]\n"
+        "try:\n"
+        "    aethr._git(['rev-parse', '--verify', 'no-such-rev'], os.getcwd(), env)\n"
+        "except aethr.GitError as exc:\n"
+        "    message = exc.message\n"
+        "with open(sys.argv[1], 'w') as f:\n"
+        "    f.write(out.decode().strip() + '\\n' + message + '\\n')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(report)], cwd=git_repo,
+                          capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert proc.returncode == 0, proc.stderr
+    top, message = report.read_text().splitlines()
+    assert os.path.samefile(top, git_repo)
+    assert message == "git rev-parse failed: fatal: Needed a single revision"
