@@ -1690,6 +1690,7 @@ def _git(args: list[str], cwd: str, environ: dict[str, str], *, limit: int | Non
         extra["GIT_INDEX_FILE"] = index
     errors = _Capped(2 * KIB, [])
     try:
+        # -C, not a working directory for the child: posix_spawn cannot set one (before 3.13).
         data, truncated, status, expired = _capture(
             ["git", "-C", cwd, *_GIT_FLAGS, *args], _child_env(environ, **extra),
             limit=limit, timeout=timeout, errors=errors)
@@ -1773,7 +1774,7 @@ def _capture(argv: list[str], env: dict[str, str], *, limit: int | None, timeout
                     chunks.append(chunk)
                     size += len(chunk)
                     truncated = limit is not None and size > limit
-        if reading:     # cut short (limit, timeout, Ctrl-C): git must not outlive us
+        if reading:     # cut short (limit or timeout): git must not outlive the call
             os.kill(pid, SIGKILL)
         status = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
     finally:
