@@ -591,8 +591,9 @@ def _yaml_lines(text: str) -> list[str]:
     return lines
 
 
-def _yaml_indent(line: str) -> int:
-    return len(line) - len(line.lstrip(" "))
+def _yaml_indent(line: str, pos: int = 0) -> int:
+    """The column of the first non-space at or after pos (len(line) if none)."""
+    return len(line) - len(line[pos:].lstrip(" "))
 
 
 def _yaml_blank(line: str) -> bool:
@@ -613,7 +614,7 @@ def _yaml_is_dash(line: str, col: int) -> bool:
 
 def _yaml_spaces(line: str, i: int, pos: int) -> int:
     """Skip spaces from pos; a tab there is an error (the subset's one rule for tabs)."""
-    pos = len(line) - len(line[pos:].lstrip(" "))
+    pos = _yaml_indent(line, pos)
     if line.startswith("\t", pos):
         raise _yaml_err(i, pos, _YAML_TAB)
     return pos
@@ -847,7 +848,7 @@ def _yaml_plain_end(line: str, pos: int, flow: bool) -> int:
     while pos < n:
         ch = line[pos]
         if ch == " ":   # spaces belong to the scalar only when more of it follows them
-            nxt = n - len(line[pos:].lstrip(" "))
+            nxt = _yaml_indent(line, pos)
             if nxt == n or (line[nxt] in stops and not (
                     line[nxt] == ":" and nxt + 1 < n and line[nxt + 1] not in after_colon)):
                 return pos
@@ -1088,6 +1089,12 @@ _HISTORY = ("all", "latest", "summary", "none")
 _SOURCES = ("git_diff", "latest_diff", "file", "glob", "cmd")
 #: A step id is one word: it names the step in headers and `## STEP-ID` lines.
 _STEP_ID_RE = _Regex(r"[^\s\x00-\x1f\x7f-\x9f]+\Z")
+
+
+def _one_word(sid: str) -> bool:
+    """Whether a step id is one word: no white space, no control characters. Printable ids
+    without a space (nearly all) are, without importing re."""
+    return (sid.isprintable() and " " not in sid) or bool(_STEP_ID_RE.match(sid))
 
 
 class _Record:
@@ -1354,8 +1361,7 @@ def _check_step(ck: _Checker, raw: object, i: int, roles: dict, declared: Any) -
     sid = ck.string(raw["id"], path + ("id",), "step id") if "id" in raw else None
     if "id" not in raw:
         ck.add(path, f"step {i + 1} has no id", "add id: NAME")
-    elif sid is not None and not ((sid.isprintable() and " " not in sid)
-                                  or _STEP_ID_RE.match(sid)):
+    elif sid is not None and not _one_word(sid):
         ck.add(path + ("id",), f"step id {sid!r} must be one word, without spaces or control "
                "characters", "for example review-2 or fix_tests")
         sid = None
@@ -2029,7 +2035,7 @@ def _hide_secret_files(diff: str) -> str:
     out, hiding = [], False
     for line in diff.split("\n"):
         if line.startswith("diff --git "):
-            old, sep, new = line[13:].rpartition(" b/")
+            old, sep, new = line.removeprefix("diff --git a/").rpartition(" b/")
             hiding = (line.startswith("diff --git a/") and bool(sep)
                       and (_never_read(old.strip('"')) or _never_read(new.strip('"'))))
             if hiding:
@@ -4637,10 +4643,10 @@ def _quick_args(argv: list[str]) -> _Args | None:
         return None
     options, positional = _QUICK[argv[i]]
     options = dict(options, **{"--no-color": "flag"})
+    dests = {option: option[2:].replace("-", "_") for option in options}
     args = {"command": argv[i], "func": globals()["cmd_" + argv[i]]}
     for option, kind in options.items():
-        args[option[2:].replace("-", "_")] = [] if kind == "append" else (
-            False if kind == "flag" else None)
+        args[dests[option]] = [] if kind == "append" else (False if kind == "flag" else None)
     rest: list[str] = []
     it = iter(argv[i + 1:])
     for word in it:
@@ -4651,7 +4657,7 @@ def _quick_args(argv: list[str]) -> _Args | None:
         kind = options.get(option)
         if kind is None or (kind == "flag" and eq):
             return None
-        dest = option[2:].replace("-", "_")
+        dest = dests[option]
         if kind == "flag":
             args[dest] = True
             continue

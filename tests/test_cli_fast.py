@@ -39,7 +39,6 @@ EVERYDAY = (
 def _argparse(argv: list[str]):
     """What argparse makes of argv: its namespace as a dict, or "exit STATUS"."""
     term = aethr.Term(out=io.StringIO(), err=io.StringIO(), environ={})
-    top, subs = aethr.build_parser(term)
     saved = aethr._quick_args
     aethr._quick_args = lambda argv: None
     try:
