@@ -2474,6 +2474,8 @@ OLLAMA_CONTEXTS = (8192, 16384, 32768, 65536, 131072)
 OLLAMA_OUTPUT_ALLOWANCE = 4096
 #: Bytes of an error body kept: enough for any provider's message, never a whole page.
 _HTTP_ERROR_BODY = 64 * 1024
+#: The media type of the streams asked for, except Ollama's NDJSON.
+_SSE_TYPE = "text/event-stream"
 #: Provider error ids meaning "pay first" (OpenAI, Anthropic): retrying cannot help.
 _BILLING_IDS = ("insufficient_quota", "billing_error", "enforced_spend_limit_reached")
 
@@ -2710,34 +2712,49 @@ def _http_stream(provider: str, url: str, headers: dict[str, str], body: bytes,
     with response:
         # 2. A 200 with a JSON body is an error told as one (SPEC §6), not an empty answer.
         ctype = response.headers.get_content_type()
-        if ctype in ("application/json", "text/html"):
+        is_json, first = ctype == "application/json", b""
+        if "Content-Type" not in response.headers and headers.get("Accept") == _SSE_TYPE:
+            # No Content-Type at all (some gateways): an event stream never opens with "{".
+            while not first.strip():
+                chunk = _http_read(response, provider, timeout)
+                if not chunk:
+                    break
+                first += chunk
+            if first.lstrip()[:1] == b"{":
+                ctype, is_json = "a JSON body without a Content-Type", True
+        if is_json or ctype == "text/html":
             try:
-                data = response.read(_HTTP_ERROR_BODY)
+                data = first + response.read(max(0, _HTTP_ERROR_BODY - len(first)))
             except (OSError, http.client.HTTPException):
-                data = b""
-            message = _http_message(data)[0] if ctype == "application/json" else ""
+                data = first
+            message = _http_message(data)[0] if is_json else ""
             var = PROVIDER_BASES.get(provider, ("", ""))[0]
             raise ProviderError(f"{provider}: expected a stream, got {ctype} (HTTP "
                                 f"{response.status})" + (f": {message}" if message else ""),
                                 hint=f"check {var}" if var in environ else None,
                                 provider=provider, status=response.status)
-        # 3. Raw chunks as they arrive: read1 returns what one read gets, never waiting for
-        # a full buffer or a line end.
-        while True:
-            try:
-                chunk = response.read1(65536)
-            except TimeoutError:
-                raise ProviderError(f"{provider}: the stream stalled: no data for "
-                                    f"{timeout:g} s", hint="AETHR_TIMEOUT sets how long to "
-                                    "wait (seconds)", provider=provider,
-                                    retryable=True) from None
-            except (OSError, http.client.HTTPException) as exc:
-                raise ProviderError(f"{provider}: the connection was lost mid-stream "
-                                    f"({_http_describe(exc)})", provider=provider,
-                                    retryable=True) from None
-            if not chunk:
-                return
+        # 3. Raw chunks as they arrive.
+        chunk = first or _http_read(response, provider, timeout)
+        while chunk:
             yield chunk
+            chunk = _http_read(response, provider, timeout)
+
+
+def _http_read(response: Any, provider: str, timeout: float) -> bytes:
+    """The next chunk of a response body (b"" at its end), as soon as one read gets it: never
+    waiting for a full buffer or a line end. Raises ProviderError for a stall or a lost link."""
+    import http.client
+
+    try:
+        return response.read1(65536)
+    except TimeoutError:
+        raise ProviderError(f"{provider}: the stream stalled: no data for {timeout:g} s",
+                            hint="AETHR_TIMEOUT sets how long to wait (seconds)",
+                            provider=provider, retryable=True) from None
+    except (OSError, http.client.HTTPException) as exc:
+        raise ProviderError(f"{provider}: the connection was lost mid-stream "
+                            f"({_http_describe(exc)})", provider=provider,
+                            retryable=True) from None
 
 
 def _http_describe(exc: BaseException) -> str:
@@ -3158,7 +3175,7 @@ class OpenAIProvider(_HTTPProvider):
 
     def headers(self) -> dict[str, str]:
         """Authorization (none without a key) plus the provider's own headers."""
-        headers = {"Accept": "text/event-stream"}
+        headers = {"Accept": _SSE_TYPE}
         key = provider_key(self.name, self.environ)
         if key is not None:
             headers["Authorization"] = f"Bearer {key[1]}"
@@ -3266,7 +3283,7 @@ class AnthropicProvider(_HTTPProvider):
 
     def build_request(self, prompt: Prompt, max_tokens: int | None = None
                       ) -> tuple[str, dict[str, str], bytes]:
-        headers = {"anthropic-version": "2023-06-01", "Accept": "text/event-stream"}
+        headers = {"anthropic-version": "2023-06-01", "Accept": _SSE_TYPE}
         key = provider_key(self.name, self.environ)
         if key is not None and key[0] == "ANTHROPIC_AUTH_TOKEN":
             headers["Authorization"] = f"Bearer {key[1]}"
@@ -3335,7 +3352,7 @@ class GeminiProvider(_HTTPProvider):
                       ) -> tuple[str, dict[str, str], bytes]:
         from urllib.parse import quote
 
-        headers = {"Accept": "text/event-stream"}
+        headers = {"Accept": _SSE_TYPE}
         key = provider_key(self.name, self.environ)
         if key is not None:
             headers["x-goog-api-key"] = key[1]

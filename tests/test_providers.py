@@ -754,6 +754,31 @@ def test_json_body_where_a_stream_was_expected(server):
     assert "got text/html" in out.error.message and "OPENAI_BASE_URL" in out.error.hint
 
 
+@pytest.mark.parametrize("provider", ["openai", "anthropic", "gemini"])
+def test_json_body_without_content_type_is_told_as_json(provider, server):
+    # Some gateways send no Content-Type at all: a body that opens with "{" is not a stream,
+    # and its message is what the user needs (not "the stream ended before ...").
+    body = b'  {"error": {"message": "model is loading"}}'
+    # Whole, chunked, and in 2-byte pieces (the first ones only white space).
+    for reply in (Reply(200, {}, body, framing="length"), Reply(200, {}, body),
+                  Reply(200, {}, body, plan="bytes:2", gap=0.005)):
+        server.add(reply)
+        out = run(client(provider, env_for(provider, server, AETHR_MAX_RETRIES="0")))
+        assert out.error.message == (f"{provider}: expected a stream, got a JSON body without "
+                                     "a Content-Type (HTTP 200): model is loading")
+        assert out.text == ""
+
+
+def test_stream_without_content_type_still_streams(server):
+    # Without a Content-Type, a body that is an event stream is read as one, chunk by chunk.
+    server.add(Reply(200, {}, chat_body("Hello", " world"), plan="bytes:7"))
+    out = run(client("openai", env_for("openai", server)))
+    assert out.error is None and out.text == "Hello world"
+    server.add(Reply(200, {}, b""))
+    out = run(client("openai", env_for("openai", server, AETHR_MAX_RETRIES="0")))
+    assert "the stream ended before [DONE]" in out.error.message
+
+
 # -- faults and retries -----------------------------------------------------------------------
 
 def test_429_then_success_waits_as_told(server, sleeps):
