@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -69,10 +70,8 @@ def git(cwd, *args, check=True) -> str:
     return proc.stdout
 
 
-@pytest.fixture
-def git_repo(tmp_path, monkeypatch):
-    """A real git repository with one commit (README.md, src/app.py); the cwd is its root."""
-    repo = tmp_path / "repo"
+def make_repo(repo: Path) -> Path:
+    """Create `repo` as a real git repository with one commit (README.md, src/app.py)."""
     repo.mkdir()
     git(repo, "init", "-q", "-b", "main")
     (repo / "README.md").write_text("# Demo\n\nA small project.\n")
@@ -80,8 +79,31 @@ def git_repo(tmp_path, monkeypatch):
     (repo / "src" / "app.py").write_text("def add(a, b):\n    return a + b\n")
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", "initial")
+    return repo
+
+
+@pytest.fixture
+def git_repo(tmp_path, monkeypatch):
+    """A real git repository with one commit (README.md, src/app.py); the cwd is its root."""
+    repo = make_repo(tmp_path / "repo")
     monkeypatch.chdir(repo)
     return repo
+
+
+def reader_workflow(name: str, source: str = "file:notes.md",
+                    model: str = "openai:gpt-5.5") -> str:
+    """A one-step workflow whose only context is `source` (relative to the project root)."""
+    return textwrap.dedent(f"""\
+        workflow: {name}
+        roles:
+          reader: Read the context.
+        models:
+          default: {model}
+        steps:
+          - id: read
+            role: reader
+            context: [{source}]
+        """)
 
 
 class Result:
