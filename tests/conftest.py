@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,8 @@ AETHR_PY = ROOT / "aethr.py"
 DATA = Path(__file__).resolve().parent / "data"
 
 sys.path.insert(0, str(ROOT))
+from loopback import LoopbackServer  # noqa: E402
+
 import aethr  # noqa: E402
 
 try:
@@ -90,6 +93,30 @@ def git_repo(tmp_path, monkeypatch):
     return repo
 
 
+#: plan -> implement (OpenCode) -> review, looping back to implement (at most 3 passes); one
+#: model for every role.
+PIR_WORKFLOW = """\
+workflow: pir
+roles:
+  planner: Break the task into a short plan.
+  implementer: Implement the plan.
+  reviewer: Review the change.
+models:
+  default: openai:gpt-5.5
+steps:
+  - id: plan
+    role: planner
+    context: [file:README.md]
+  - id: implement
+    role: implementer
+    backend: opencode
+  - id: review
+    role: reviewer
+    context: [latest_diff]
+    repeat: {back_to: implement, until_review_pass: true, max_iterations: 3}
+"""
+
+
 def reader_workflow(name: str, source: str = "file:notes.md",
                     model: str = "openai:gpt-5.5") -> str:
     """A one-step workflow whose only context is `source` (relative to the project root)."""
@@ -104,6 +131,53 @@ def reader_workflow(name: str, source: str = "file:notes.md",
             role: reader
             context: [{source}]
         """)
+
+
+def pid_alive(pid: int) -> bool:
+    """True while `pid` is a live process; a zombie (killed, not yet reaped) is not."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers kill(0); it is gone for our purpose.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def wait_gone(pid: int, seconds: float = 5.0) -> bool:
+    """Poll until `pid` is gone (see pid_alive), for at most `seconds`; whether it went."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if not pid_alive(pid):
+            return True
+        time.sleep(0.05)
+    return not pid_alive(pid)
+
+
+def mutate(text: str, edits: list[tuple[str, float, str]]) -> str:
+    """`text` after each (op, where, piece) edit in turn, `where` a fraction of its length:
+    insert `piece`, delete as many characters as `piece` has, replace one character with `piece`,
+    or swap-lines (the line there with the next; `piece` unused). For fuzzing a valid config."""
+    for op, where, piece in edits:
+        at = int(where * (len(text) + 1))
+        if op == "insert":
+            text = text[:at] + piece + text[at:]
+        elif op == "delete":
+            text = text[:at] + text[at + len(piece):]
+        elif op == "replace":
+            text = text[:at] + piece + text[at + 1:]
+        elif op == "swap-lines":
+            lines = text.split("\n")
+            n = min(int(where * len(lines)), len(lines) - 2)
+            if n >= 0:
+                lines[n], lines[n + 1] = lines[n + 1], lines[n]
+            text = "\n".join(lines)
+        else:
+            raise ValueError(f"unknown edit {op!r}")
+    return text
 
 
 class Result:
@@ -133,6 +207,13 @@ def cli():
         return Result(code, out.getvalue(), err.getvalue())
 
     return run
+
+
+@pytest.fixture
+def server():
+    """A LoopbackServer (tests/loopback.py) on 127.0.0.1, stopped after the test."""
+    with LoopbackServer() as srv:
+        yield srv
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import AETHR_PY, ROOT, git
+from conftest import AETHR_PY, ROOT, git, mutate
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from loopback import LoopbackServer, Reply
@@ -137,18 +137,6 @@ YAMLISH = st.lists(st.sampled_from(TOKENS) | st.integers(0, 0x10FFFF).map(chr),
                    max_size=80).map("".join)
 CONFIGS = [text for _, text in sorted(aethr.PRESETS.items())] + [
     p.read_text(encoding="utf-8") for p in sorted((ROOT / "examples").glob("*.yaml"))]
-
-
-def mutate(text: str, edits: list[tuple[str, float, str]]) -> str:
-    for op, where, piece in edits:
-        at = int(where * (len(text) + 1))
-        if op == "insert":
-            text = text[:at] + piece + text[at:]
-        elif op == "delete":
-            text = text[:at] + text[at + len(piece):]
-        else:
-            text = text[:at] + piece + text[at + 1:]
-    return text
 
 
 MUTATED = st.builds(mutate, st.sampled_from(CONFIGS),
