@@ -160,18 +160,21 @@ def child_env() -> dict[str, str]:
     return env
 
 
+def run_captured(argv: list[str], cwd: str, env: dict[str, str], timeout: float):
+    """One run of `argv` with no stdin, its output captured as text."""
+    return subprocess.run(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, capture_output=True,
+                          text=True, errors="replace", timeout=timeout)
+
+
+def run_silent(argv: list[str], cwd: str, env: dict[str, str]):
+    """One run of `argv` with no stdin, its output discarded (a terminal would time the tty)."""
+    return subprocess.run(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def check(argv: list[str], cwd: str, env: dict[str, str], ok=(0,), timeout: float = 300) -> str:
     """Run a set-up or warm-up command; its stdout, or BenchError with what it printed."""
-    r = subprocess.run(
-        argv,
-        cwd=cwd,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        errors="replace",
-        timeout=timeout,
-    )
+    r = run_captured(argv, cwd, env, timeout)
     if r.returncode not in ok:
         tail = (r.stderr or r.stdout).strip().splitlines()[-5:]
         raise BenchError(f"{' '.join(argv)} exited {r.returncode}:\n  " + "\n  ".join(tail))
@@ -182,14 +185,7 @@ def timed(cmds: list[list[str]], cwd: str, env: dict[str, str]) -> float:
     """Seconds to run `cmds` back to back, output discarded (a terminal would time the tty)."""
     t0 = time.perf_counter()
     for argv in cmds:
-        r = subprocess.run(
-            argv,
-            cwd=cwd,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        r = run_silent(argv, cwd, env)
         if r.returncode != 0:
             raise BenchError(f"{' '.join(argv)} exited {r.returncode} during timing")
     return time.perf_counter() - t0
@@ -332,16 +328,7 @@ def install(python: str, tmp: str, env: dict[str, str], online: bool):
     for label, extra in attempts:
         argv = [vpy, "-m", "pip", "install", "-q", "--no-deps", *extra, src]
         try:
-            r = subprocess.run(
-                argv,
-                cwd=tmp,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                text=True,
-                errors="replace",
-                timeout=120,
-            )
+            r = run_captured(argv, tmp, env, 120)
         except subprocess.TimeoutExpired:
             tried.append(f"{label}: timed out")
             continue
@@ -676,14 +663,7 @@ def peak_rss_kib(python: str, argv: list[str], cwd: str, env: dict[str, str]) ->
         fd, out = tempfile.mkstemp(prefix="rss-")
         os.close(fd)
         try:
-            r = subprocess.run(
-                [gnu_time, "-f", "%M", "-o", out, *argv],
-                cwd=cwd,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
+            r = run_silent([gnu_time, "-f", "%M", "-o", out, *argv], cwd, env)
             with open(out, encoding="utf-8") as f:
                 last = (f.read().strip().splitlines() or [""])[-1]
             if r.returncode in (0, 1) and last.isdigit():

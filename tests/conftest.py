@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 import tempfile
+import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,8 @@ AETHR_PY = ROOT / "aethr.py"
 DATA = Path(__file__).resolve().parent / "data"
 
 sys.path.insert(0, str(ROOT))
+from loopback import LoopbackServer  # noqa: E402
+
 import aethr  # noqa: E402
 
 try:
@@ -69,10 +73,8 @@ def git(cwd, *args, check=True) -> str:
     return proc.stdout
 
 
-@pytest.fixture
-def git_repo(tmp_path, monkeypatch):
-    """A real git repository with one commit (README.md, src/app.py); the cwd is its root."""
-    repo = tmp_path / "repo"
+def make_repo(repo: Path) -> Path:
+    """Create `repo` as a real git repository with one commit (README.md, src/app.py)."""
     repo.mkdir()
     git(repo, "init", "-q", "-b", "main")
     (repo / "README.md").write_text("# Demo\n\nA small project.\n")
@@ -80,8 +82,102 @@ def git_repo(tmp_path, monkeypatch):
     (repo / "src" / "app.py").write_text("def add(a, b):\n    return a + b\n")
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", "initial")
+    return repo
+
+
+@pytest.fixture
+def git_repo(tmp_path, monkeypatch):
+    """A real git repository with one commit (README.md, src/app.py); the cwd is its root."""
+    repo = make_repo(tmp_path / "repo")
     monkeypatch.chdir(repo)
     return repo
+
+
+#: plan -> implement (OpenCode) -> review, looping back to implement (at most 3 passes); one
+#: model for every role.
+PIR_WORKFLOW = """\
+workflow: pir
+roles:
+  planner: Break the task into a short plan.
+  implementer: Implement the plan.
+  reviewer: Review the change.
+models:
+  default: openai:gpt-5.5
+steps:
+  - id: plan
+    role: planner
+    context: [file:README.md]
+  - id: implement
+    role: implementer
+    backend: opencode
+  - id: review
+    role: reviewer
+    context: [latest_diff]
+    repeat: {back_to: implement, until_review_pass: true, max_iterations: 3}
+"""
+
+
+def reader_workflow(name: str, source: str = "file:notes.md",
+                    model: str = "openai:gpt-5.5") -> str:
+    """A one-step workflow whose only context is `source` (relative to the project root)."""
+    return textwrap.dedent(f"""\
+        workflow: {name}
+        roles:
+          reader: Read the context.
+        models:
+          default: {model}
+        steps:
+          - id: read
+            role: reader
+            context: [{source}]
+        """)
+
+
+def pid_alive(pid: int) -> bool:
+    """True while `pid` is a live process; a zombie (killed, not yet reaped) is not."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers kill(0); it is gone for our purpose.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def wait_gone(pid: int, seconds: float = 5.0) -> bool:
+    """Poll until `pid` is gone (see pid_alive), for at most `seconds`; whether it went."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if not pid_alive(pid):
+            return True
+        time.sleep(0.05)
+    return not pid_alive(pid)
+
+
+def mutate(text: str, edits: list[tuple[str, float, str]]) -> str:
+    """`text` after each (op, where, piece) edit in turn, `where` a fraction of its length:
+    insert `piece`, delete as many characters as `piece` has, replace one character with `piece`,
+    or swap-lines (the line there with the next; `piece` unused). For fuzzing a valid config."""
+    for op, where, piece in edits:
+        at = int(where * (len(text) + 1))
+        if op == "insert":
+            text = text[:at] + piece + text[at:]
+        elif op == "delete":
+            text = text[:at] + text[at + len(piece):]
+        elif op == "replace":
+            text = text[:at] + piece + text[at + 1:]
+        elif op == "swap-lines":
+            lines = text.split("\n")
+            n = min(int(where * len(lines)), len(lines) - 2)
+            if n >= 0:
+                lines[n], lines[n + 1] = lines[n + 1], lines[n]
+            text = "\n".join(lines)
+        else:
+            raise ValueError(f"unknown edit {op!r}")
+    return text
 
 
 class Result:
@@ -111,6 +207,13 @@ def cli():
         return Result(code, out.getvalue(), err.getvalue())
 
     return run
+
+
+@pytest.fixture
+def server():
+    """A LoopbackServer (tests/loopback.py) on 127.0.0.1, stopped after the test."""
+    with LoopbackServer() as srv:
+        yield srv
 
 
 @pytest.fixture

@@ -116,12 +116,6 @@ def tmp_files() -> list[str]:
 
 
 @pytest.fixture
-def server():
-    with LoopbackServer() as srv:
-        yield srv
-
-
-@pytest.fixture
 def two_step(tmp_path) -> Path:
     """The two-step workflow, outside the repository (so it is not part of any diff)."""
     path = tmp_path / "flows" / "two-step.yaml"

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import git
+from conftest import git, wait_gone
 
 import aethr
 
@@ -197,28 +197,6 @@ def index_state(repo: Path) -> tuple:
             git(repo, "rev-parse", "-q", "--verify", "HEAD", check=False),
             git(repo, "stash", "list"), git(repo, "rev-parse", "-q", "--verify", "refs/stash",
                                                check=False))
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie still answers kill(0); it is gone for our purpose.
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
-
-
-def wait_gone(pid: int, seconds: float = 5.0) -> bool:
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        if not alive(pid):
-            return True
-        time.sleep(0.05)
-    return not alive(pid)
 
 
 @pytest.fixture

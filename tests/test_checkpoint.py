@@ -171,6 +171,18 @@ def write_wf(repo, text=LOOP_WF) -> str:
     return str(repo / ".aethr.yaml")
 
 
+def plan_review_wf(name: str, plan_context: str = "", review_context: str = "") -> str:
+    """plan (planner) -> review (reviewer); a context, where given, is a YAML flow list."""
+
+    def step(sid: str, role: str, context: str) -> str:
+        lines = f"  - id: {sid}\n    role: {role}\n"
+        return lines + (f"    context: {context}\n" if context else "")
+
+    return (f"workflow: {name}\nroles:\n  planner: Plan it.\n  reviewer: Review it.\n"
+            f"models:\n  default: {MODEL}\nsteps:\n"
+            + step("plan", "planner", plan_context) + step("review", "reviewer", review_context))
+
+
 def fail_review_first(monkeypatch, cli, repo, *extra, partial="half of the rev", env=None):
     """A run of LOOP_WF whose review fails on its first call: (script, result, checkpoint path)."""
     write_wf(repo)
@@ -421,21 +433,7 @@ def echo_secret(provider, prompt):
                 + provider.environ["OPENAI_API_KEY"] + "\n")
 
 
-SECRET_WF = f"""\
-workflow: secrets
-roles:
-  planner: Plan it.
-  reviewer: Review it.
-models:
-  default: {MODEL}
-steps:
-  - id: plan
-    role: planner
-    context: [file:notes.txt]
-  - id: review
-    role: reviewer
-    context: [file:notes.txt]
-"""
+SECRET_WF = plan_review_wf("secrets", "[file:notes.txt]", "[file:notes.txt]")
 
 
 @pytest.mark.parametrize("where", ["environment", ".env"])
@@ -878,20 +876,8 @@ def _pgroup_alive(pgid: int) -> bool:
     return True
 
 
-CTRL_C_WF = f"""\
-workflow: slow
-roles:
-  planner: Plan it.
-  reviewer: Review it.
-models:
-  default: {MODEL}
-steps:
-  - id: plan
-    role: planner
-  - id: review
-    role: reviewer
-    context: ['cmd:echo $$ > "$MARK.tmp"; mv "$MARK.tmp" "$MARK"; sleep 30']
-"""
+CTRL_C_WF = plan_review_wf(
+    "slow", review_context="""['cmd:echo $$ > "$MARK.tmp"; mv "$MARK.tmp" "$MARK"; sleep 30']""")
 
 
 def test_ctrl_c_subprocess(git_repo, tmp_path):
@@ -1005,20 +991,8 @@ def test_stopped_between_writes_still_writes_the_checkpoint(git_repo, monkeypatc
 def test_closed_stdout_subprocess(git_repo, tmp_path):
     # `aethr run … | head -1`: the reader takes the first line and goes away.
     go = tmp_path / "go"
-    write_wf(git_repo, f"""\
-workflow: piped
-roles:
-  planner: Plan it.
-  reviewer: Review it.
-models:
-  default: {MODEL}
-steps:
-  - id: plan
-    role: planner
-    context: ['cmd:while [ ! -e "$GO" ]; do sleep 0.02; done']
-  - id: review
-    role: reviewer
-""")
+    write_wf(git_repo, plan_review_wf(
+        "piped", plan_context="""['cmd:while [ ! -e "$GO" ]; do sleep 0.02; done']"""))
     env = dict(os.environ, GO=str(go))
     proc = subprocess.Popen([sys.executable, str(AETHR_PY), "run", "fix the bug"], cwd=git_repo,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import AETHR_PY, ROOT, git
+from conftest import AETHR_PY, ROOT, git, reader_workflow
 
 import aethr
 
@@ -32,21 +32,6 @@ def make_changes(repo: Path) -> None:
     """Uncommitted changes: one modified tracked file and one new untracked file."""
     (repo / "src" / "app.py").write_text("def add(a, b):\n    return a + b + 0\n")
     (repo / "notes.txt").write_text("remember the milk\n")
-
-
-def reader_workflow(name: str, source: str = "file:notes.md") -> str:
-    """A one-step workflow whose only context is `source` (relative to the project root)."""
-    return textwrap.dedent(f"""\
-        workflow: {name}
-        roles:
-          reader: Read the context.
-        models:
-          default: openai:gpt-5.5
-        steps:
-          - id: read
-            role: reader
-            context: [{source}]
-        """)
 
 
 def task_of(prompt_output: str) -> str:

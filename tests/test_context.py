@@ -12,7 +12,7 @@ import threading
 import time
 
 import pytest
-from conftest import git
+from conftest import git, pid_alive, wait_gone
 
 import aethr
 
@@ -635,18 +635,6 @@ def test_cmd_output_over_64_kib_keeps_head_and_tail(git_repo):
     assert len(text.encode("utf-8")) <= 64 * 1024 + 2048
 
 
-def _process_gone(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"   # killed, not yet reaped
-    except OSError:
-        return True
-
-
 def test_cmd_timeout_kills_the_whole_process_group(git_repo):
     pidfile = git_repo / "grandchild.pid"
     started = time.monotonic()
@@ -654,12 +642,9 @@ def test_cmd_timeout_kills_the_whole_process_group(git_repo):
     elapsed = time.monotonic() - started
     pid = int(pidfile.read_text())
     try:
-        deadline = time.monotonic() + 5
-        while not _process_gone(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert _process_gone(pid), "the background grandchild survived the timeout"
+        assert wait_gone(pid), "the background grandchild survived the timeout"
     finally:
-        if not _process_gone(pid):
+        if pid_alive(pid):
             os.kill(pid, signal.SIGKILL)
     assert elapsed < 10
     source = "cmd:sleep 30 & echo $! > grandchild.pid; sleep 30"

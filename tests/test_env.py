@@ -9,11 +9,10 @@ from __future__ import annotations
 import os
 import stat
 import tempfile
-import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import DATA, git
+from conftest import DATA, git, reader_workflow
 from loopback import Reply
 
 import aethr
@@ -22,17 +21,7 @@ KEY = "sk-test-abcdefghijkl"
 MASKED = "sk-\u2026ijkl"
 OTHER_KEY = "sk-other-zyxwvutsrq9876"
 PROVIDERS = ("openai", "anthropic", "gemini", "openrouter", "xai")
-READER = textwrap.dedent("""\
-    workflow: reader
-    roles:
-      reader: Read the context.
-    models:
-      default: openai:gpt-5.5
-    steps:
-      - id: read
-        role: reader
-        context: [file:notes.md]
-    """)
+READER = reader_workflow("reader")
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -319,7 +308,7 @@ def test_write_then_parse_round_trips_any_acceptable_key():
 # == preflight(live=True): the key problems ===================================================
 
 def live_workflow(model: str) -> aethr.Workflow:
-    return aethr.load_workflow(aethr.WORKFLOW_FILE, text=READER.replace("openai:gpt-5.5", model))
+    return aethr.load_workflow(aethr.WORKFLOW_FILE, text=reader_workflow("reader", model=model))
 
 
 def preflight_problems(workflow: aethr.Workflow, project: aethr.Project) -> str:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import AETHR_PY, ROOT, git
+from conftest import AETHR_PY, ROOT, git, mutate
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from loopback import LoopbackServer, Reply
@@ -137,18 +137,6 @@ YAMLISH = st.lists(st.sampled_from(TOKENS) | st.integers(0, 0x10FFFF).map(chr),
                    max_size=80).map("".join)
 CONFIGS = [text for _, text in sorted(aethr.PRESETS.items())] + [
     p.read_text(encoding="utf-8") for p in sorted((ROOT / "examples").glob("*.yaml"))]
-
-
-def mutate(text: str, edits: list[tuple[str, float, str]]) -> str:
-    for op, where, piece in edits:
-        at = int(where * (len(text) + 1))
-        if op == "insert":
-            text = text[:at] + piece + text[at:]
-        elif op == "delete":
-            text = text[:at] + text[at + len(piece):]
-        else:
-            text = text[:at] + piece + text[at + 1:]
-    return text
 
 
 MUTATED = st.builds(mutate, st.sampled_from(CONFIGS),
@@ -478,47 +466,38 @@ def check_task_prompt(res, task: str) -> None:
     assert not lone_surrogates(res.out) and not lone_surrogates(res.err)
 
 
-def test_fuzz_task_strings_show_prompt(git_repo, cli):
-    (git_repo / ".aethr.yaml").write_text(SIMPLE_WF)
-    with Tally("test_fuzz_task_strings_show_prompt") as tally:
+def fuzz_show_prompt(repo, cli, name: str, share: float, words) -> None:
+    """Property over `words` (a strategy of argument lists): `aethr run --show-prompt -- WORDS`
+    in `repo` shows them, joined by spaces, as the task (check_task_prompt)."""
+    (repo / ".aethr.yaml").write_text(SIMPLE_WF)
+    with Tally(name) as tally:
 
-        @budget(1)
-        @given(TASK)
-        def check(task):
+        @budget(share)
+        @given(words)
+        def check(argv):
             tally.n += 1
-            check_task_prompt(cli("run", "--show-prompt", "--", task), task)
+            check_task_prompt(cli("run", "--show-prompt", "--", *argv), " ".join(argv))
 
         check()
+
+
+def test_fuzz_task_strings_show_prompt(git_repo, cli):
+    fuzz_show_prompt(git_repo, cli, "test_fuzz_task_strings_show_prompt", 1,
+                     TASK.map(lambda task: [task]))
 
 
 def test_fuzz_task_with_lone_surrogates(git_repo, cli):
     # A Windows argv (UTF-16) can hold a lone surrogate: shown as U+FFFD, never a crash.
-    (git_repo / ".aethr.yaml").write_text(SIMPLE_WF)
     piece = st.tuples(st.integers(0xD800, 0xDFFF).map(chr), st.text("ab [*]#", min_size=1,
                                                                      max_size=3))
-    with Tally("test_fuzz_task_with_lone_surrogates") as tally:
-
-        @budget(0.25)
-        @given(st.lists(piece, min_size=1, max_size=5).map(
-            lambda ps: "fix " + "".join(a + b for a, b in ps)))
-        def check(task):
-            tally.n += 1
-            check_task_prompt(cli("run", "--show-prompt", "--", task), task)
-
-        check()
+    fuzz_show_prompt(git_repo, cli, "test_fuzz_task_with_lone_surrogates", 0.25,
+                     st.lists(piece, min_size=1, max_size=5).map(
+                         lambda ps: ["fix " + "".join(a + b for a, b in ps)]))
 
 
 def test_fuzz_task_words_are_joined_by_spaces(git_repo, cli):
-    (git_repo / ".aethr.yaml").write_text(SIMPLE_WF)
-    with Tally("test_fuzz_task_words_are_joined_by_spaces") as tally:
-
-        @budget(0.25)
-        @given(st.lists(TASK, min_size=2, max_size=4))
-        def check(words):
-            tally.n += 1
-            check_task_prompt(cli("run", "--show-prompt", "--", *words), " ".join(words))
-
-        check()
+    fuzz_show_prompt(git_repo, cli, "test_fuzz_task_words_are_joined_by_spaces", 0.25,
+                     st.lists(TASK, min_size=2, max_size=4))
 
 
 ARG_BYTES = [b"\xff", b"\xfe", b"\xc3", b"\xa9", b"\xed\xa0\x80", b"\xf4\x90\x80\x80",

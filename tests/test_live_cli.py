@@ -22,12 +22,6 @@ def answer_body(text: str) -> bytes:
 
 
 @pytest.fixture
-def server():
-    with LoopbackServer() as srv:
-        yield srv
-
-
-@pytest.fixture
 def changed_repo(git_repo):
     (git_repo / "src" / "app.py").write_text("def add(a, b):\n    return a + b + 0\n")
     return git_repo

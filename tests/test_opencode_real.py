@@ -88,29 +88,19 @@ class ModelServer:
                 with owner.lock:
                     owner.requests.append({"method": "POST", "path": self.path, "body": body})
                 if owner.fail and body.get("model") == OC_MODEL and body.get("tools"):
-                    data = json.dumps({"error": {"message": "Invalid loopback key",
-                                                 "type": "invalid_request_error"}}).encode()
-                    self.send_response(401)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
+                    self.send_json(401, {"error": {"message": "Invalid loopback key",
+                                                   "type": "invalid_request_error"}})
                     return
                 deltas, finish = owner.answer(body)
                 if not body.get("stream"):
                     text = "".join(d.get("content") or "" for d in deltas)
-                    data = json.dumps({
+                    self.send_json(200, {
                         "id": "cmpl-1", "object": "chat.completion", "created": 1,
                         "model": body.get("model"), "choices": [{
                             "index": 0, "finish_reason": finish,
                             "message": {"role": "assistant", "content": text}}],
                         "usage": {"prompt_tokens": 10, "completion_tokens": 5,
-                                  "total_tokens": 15}}).encode()
-                    self.send_response(200)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
+                                  "total_tokens": 15}})
                     return
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
@@ -128,6 +118,14 @@ class ModelServer:
                 self.event("[DONE]")
                 self.wfile.write(b"0\r\n\r\n")
                 self.wfile.flush()
+
+            def send_json(self, status: int, obj: object) -> None:
+                data = json.dumps(obj).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
 
             def event(self, obj: object) -> None:
                 data = b"data: " + (obj.encode() if isinstance(obj, str)

@@ -9,33 +9,11 @@ import subprocess
 import sys
 
 import pytest
-from conftest import AETHR_PY, FakeTTY, git
+from conftest import AETHR_PY, PIR_WORKFLOW, FakeTTY, git
 
 import aethr
 
 ESC = "\x1b["
-
-#: Three steps, one loop (implement -> review), a model for every role.
-WORKFLOW_3 = """\
-workflow: demo
-roles:
-  planner: Break the task into a short plan.
-  implementer: Implement the plan.
-  reviewer: Review the change.
-models:
-  default: openai:gpt-5.5
-steps:
-  - id: plan
-    role: planner
-    context: [file:README.md]
-  - id: implement
-    role: implementer
-    backend: opencode
-  - id: review
-    role: reviewer
-    context: [latest_diff]
-    repeat: {back_to: implement, until_review_pass: true, max_iterations: 3}
-"""
 
 WORKFLOW_1 = """\
 workflow: solo
@@ -63,7 +41,7 @@ SUMMARY3 = "aethr: 3 steps run \u00b7 T \u00b7 0 tokens \u00b7 mock mode \u00b7 
 
 @pytest.fixture
 def repo3(git_repo):
-    (git_repo / ".aethr.yaml").write_text(WORKFLOW_3, encoding="utf-8")
+    (git_repo / ".aethr.yaml").write_text(PIR_WORKFLOW, encoding="utf-8")
     return git_repo
 
 
@@ -270,7 +248,7 @@ def test_glyphs_follow_the_stream_encoding():
 
 
 def test_cp1252_console_gets_ascii_panels_and_does_not_crash(git_repo):
-    (git_repo / ".aethr.yaml").write_text(WORKFLOW_3, encoding="utf-8")
+    (git_repo / ".aethr.yaml").write_text(PIR_WORKFLOW, encoding="utf-8")
     # Content cp1252 cannot encode, in the task and in a context file.
     (git_repo / "README.md").write_text("snowman \u2603, rocket \U0001f680, check \u2713\n",
                                         encoding="utf-8")
@@ -327,7 +305,7 @@ def test_redirected_stdout_is_utf8_whatever_pythonioencoding_says(repo3, tmp_pat
 def test_redirected_stdout_is_a_markdown_document(repo3, cli):
     res = cli("run", "fix the bug")
     assert res.code == 0, res
-    assert res.out == _document(WORKFLOW_3, "fix the bug", repo3)
+    assert res.out == _document(PIR_WORKFLOW, "fix the bug", repo3)
     for header in HEADERS_3:
         assert header not in res.out
     assert "aethr:" not in res.out and "\u256d" not in res.out and "\u2570" not in res.out
@@ -391,7 +369,7 @@ def test_run_redirected_to_a_file_is_a_clean_document(repo3, tmp_path):
     err = proc.stderr.decode("utf-8")
     assert proc.returncode == 0, err
     document = target.read_text(encoding="utf-8")
-    assert document == _document(WORKFLOW_3, "fix the bug", repo3)
+    assert document == _document(PIR_WORKFLOW, "fix the bug", repo3)
     assert ESC not in document
     lines = _times(err).splitlines()
     assert [line for line in lines if line.startswith("\u256d\u2500 ")] == HEADERS_3

@@ -91,8 +91,13 @@ def test_system_of_a_review_controller_carries_the_loop_protocol():
         assert word in system.lower()
 
 
-def _two_steps(role_text, repeat):
-    return aethr.load_workflow(text=f"""\
+PASS_LOOP = "{back_to: work, until_review_pass: true, max_iterations: 2}"
+CONTAINS_LOOP = "{back_to: work, until_contains: ALL-DONE-7, max_iterations: 2}"
+
+
+def _judge_systems(role_text, repeat):
+    """The system prompts of one judge role as a plain step and as the loop controller."""
+    wf = aethr.load_workflow(text=f"""\
 roles:
   worker: Do the work.
   judge: {role_text}
@@ -105,30 +110,26 @@ steps:
     role: judge
     repeat: {repeat}
 """)
+    return (aethr.build_prompt(wf, TASK, wf.steps[1]).system,
+            aethr.build_prompt(wf, TASK, wf.steps[2]).system)
 
 
 def test_loop_protocol_omitted_when_the_role_already_states_it():
-    wf = _two_steps("'Judge it. End with \"Review status: pass\" or \"Review status: revise\".'",
-                    "{back_to: work, until_review_pass: true, max_iterations: 2}")
-    plain = aethr.build_prompt(wf, TASK, wf.steps[1]).system
-    ctl = aethr.build_prompt(wf, TASK, wf.steps[2]).system
+    plain, ctl = _judge_systems(
+        "'Judge it. End with \"Review status: pass\" or \"Review status: revise\".'", PASS_LOOP)
     assert ctl == plain
     assert ctl.count("Review status: revise") == 1
 
 
 def test_loop_protocol_appended_when_the_role_does_not_state_it():
-    wf = _two_steps("Judge it.", "{back_to: work, until_review_pass: true, max_iterations: 2}")
-    plain = aethr.build_prompt(wf, TASK, wf.steps[1]).system
-    ctl = aethr.build_prompt(wf, TASK, wf.steps[2]).system
+    plain, ctl = _judge_systems("Judge it.", PASS_LOOP)
     assert ctl.startswith(plain.rstrip("\n"))
     assert "Review status: revise" in ctl[len(plain.rstrip()):]
     assert "Review status" not in plain
 
 
 def test_until_contains_protocol_names_the_text():
-    wf = _two_steps("Judge it.", "{back_to: work, until_contains: ALL-DONE-7, max_iterations: 2}")
-    plain = aethr.build_prompt(wf, TASK, wf.steps[1]).system
-    ctl = aethr.build_prompt(wf, TASK, wf.steps[2]).system
+    plain, ctl = _judge_systems("Judge it.", CONTAINS_LOOP)
     assert ctl.startswith(plain.rstrip("\n"))
     assert "include the exact text all-done-7 when the work is complete" in ctl.lower()
     assert "ALL-DONE-7" in ctl and "ALL-DONE-7" not in plain
@@ -136,10 +137,7 @@ def test_until_contains_protocol_names_the_text():
 
 
 def test_until_contains_protocol_omitted_when_the_role_contains_the_text():
-    wf = _two_steps("Judge it; say ALL-DONE-7 when finished.",
-                    "{back_to: work, until_contains: ALL-DONE-7, max_iterations: 2}")
-    plain = aethr.build_prompt(wf, TASK, wf.steps[1]).system
-    ctl = aethr.build_prompt(wf, TASK, wf.steps[2]).system
+    plain, ctl = _judge_systems("Judge it; say ALL-DONE-7 when finished.", CONTAINS_LOOP)
     assert ctl == plain
     assert ctl.count("ALL-DONE-7") == 1
 

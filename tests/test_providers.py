@@ -176,12 +176,6 @@ def check_usage(provider: str, got: dict, want: dict) -> None:
 
 
 @pytest.fixture
-def server():
-    with LoopbackServer() as srv:
-        yield srv
-
-
-@pytest.fixture
 def sleeps(monkeypatch):
     """Retry waits, recorded instead of slept."""
     waits: list[float] = []

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import AETHR_PY, ROOT, git
+from conftest import AETHR_PY, ROOT, make_repo
 
 README = ROOT / "README.md"
 PROGS = (("python3", "aethr.py"), ("aethr",))
@@ -162,14 +162,7 @@ def synopsis_commands() -> list[str]:
 
 def fresh_repo(base: Path) -> Path:
     """A git repository with one commit and uncommitted changes (modified, new)."""
-    repo = base / f"repo{len(list(base.glob('repo*')))}"
-    repo.mkdir()
-    git(repo, "init", "-q", "-b", "main")
-    (repo / "README.md").write_text("# Demo\n\nA small project.\n")
-    (repo / "src").mkdir()
-    (repo / "src" / "app.py").write_text("def add(a, b):\n    return a + b\n")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "initial")
+    repo = make_repo(base / f"repo{len(list(base.glob('repo*')))}")
     (repo / "src" / "app.py").write_text("def add(a, b):\n    return a + b + 0\n")
     (repo / "src" / "util.py").write_text("def sub(a, b):\n    return a - b\n")
     return repo

@@ -9,33 +9,11 @@ import sys
 import textwrap
 
 import pytest
-from conftest import AETHR_PY, git
+from conftest import AETHR_PY, PIR_WORKFLOW, git
 
 import aethr
 
 MODEL = "openai:gpt-5.5"
-
-#: plan -> implement (OpenCode) -> review, looping back to implement.
-PIR = f"""\
-workflow: pir
-roles:
-  planner: Break the task into a short plan.
-  implementer: Implement the plan.
-  reviewer: Review the change.
-models:
-  default: {MODEL}
-steps:
-  - id: plan
-    role: planner
-    context: [file:README.md]
-  - id: implement
-    role: implementer
-    backend: opencode
-  - id: review
-    role: reviewer
-    context: [latest_diff]
-    repeat: {{back_to: implement, until_review_pass: true, max_iterations: 3}}
-"""
 
 
 def loop_workflow(*, repeat: str = "{back_to: implement, until_review_pass: true, "
@@ -138,7 +116,7 @@ def fake_opencode(tmp_path):
 
 
 def test_event_stream_shape(git_repo):
-    result, events = run(load(PIR), git_repo)
+    result, events = run(load(PIR_WORKFLOW), git_repo)
     assert events[0] == {"event": "run_start", "schema": 1, "workflow": "pir",
                          "source": "<string>", "steps": ["plan", "implement", "review"],
                          "mode": "mock"}
@@ -165,7 +143,7 @@ def test_event_stream_shape(git_repo):
 
 
 def test_step_start_event_fields(git_repo):
-    _, events = run(load(PIR), git_repo)
+    _, events = run(load(PIR_WORKFLOW), git_repo)
     plan, implement, review = [e for e in events if e["event"] == "step_start"]
     assert plan["number"] == 1 and plan["total"] == 3 and plan["role"] == "planner"
     assert plan["model"] == MODEL and plan["backend"] == "model"
@@ -192,7 +170,7 @@ def test_run_workflow_prints_nothing_and_writes_nothing(git_repo, capfd, isolate
 
 
 def test_run_result(git_repo):
-    result, events = run(load(PIR), git_repo)
+    result, events = run(load(PIR_WORKFLOW), git_repo)
     assert [(r.step, r.iteration) for r in result.steps] == [
         ("plan", 1), ("implement", 1), ("review", 1)]
     assert [r.text for r in result.steps] == [e["output"] for e in ends(events)]
@@ -204,7 +182,7 @@ def test_run_result(git_repo):
 
 
 def test_mock_answers_are_deterministic(git_repo):
-    wf = load(PIR)
+    wf = load(PIR_WORKFLOW)
     _, first = run(wf, git_repo)
     _, second = run(wf, git_repo)
     assert [e["output"] for e in ends(first)] == [e["output"] for e in ends(second)]
@@ -212,13 +190,13 @@ def test_mock_answers_are_deterministic(git_repo):
 
 
 def test_mock_answers_depend_on_the_prompt(git_repo):
-    _, a = run(load(PIR), git_repo, task="fix the bug")
-    _, b = run(load(PIR), git_repo, task="add a feature")
+    _, a = run(load(PIR_WORKFLOW), git_repo, task="fix the bug")
+    _, b = run(load(PIR_WORKFLOW), git_repo, task="add a feature")
     assert ends(a)[0]["output"] != ends(b)[0]["output"]
 
 
 def test_mock_answers_are_marked(git_repo):
-    _, events = run(load(PIR), git_repo)
+    _, events = run(load(PIR_WORKFLOW), git_repo)
     for e in ends(events):
         assert e["output"].startswith("[mock]")
     plan = ends(events, "plan")[0]["output"]
@@ -227,7 +205,7 @@ def test_mock_answers_are_marked(git_repo):
 
 
 def test_until_review_pass_controller_ends_with_pass(git_repo):
-    _, events = run(load(PIR), git_repo)
+    _, events = run(load(PIR_WORKFLOW), git_repo)
     review = ends(events, "review")
     assert len(review) == 1
     assert review[0]["output"].rstrip().endswith("Review status: pass")
@@ -271,7 +249,7 @@ def test_opencode_step_runs_nothing_in_mock_mode(git_repo, fake_opencode):
     assert subprocess.run(["opencode"], env=dict(os.environ, PATH=path), input=b"",
                           capture_output=True).returncode == 0
     marker.unlink()                             # the stand-in works when it is run
-    result, events = run(load(PIR), git_repo, env={"PATH": path})
+    result, events = run(load(PIR_WORKFLOW), git_repo, env={"PATH": path})
     implement = ends(events, "implement")[0]
     artifact = implement["artifact"]         # plain data, as --json prints it
     assert artifact["files"] == [] and "patch" not in artifact
@@ -284,7 +262,7 @@ def test_opencode_step_runs_nothing_in_mock_mode(git_repo, fake_opencode):
 
 def test_opencode_step_runs_nothing_via_the_command(git_repo, fake_opencode, run_aethr):
     marker, path = fake_opencode
-    (git_repo / ".aethr.yaml").write_text(PIR)
+    (git_repo / ".aethr.yaml").write_text(PIR_WORKFLOW)
     res = run_aethr("run", "fix the bug", cwd=git_repo, env={"PATH": path})
     assert res.code == 0, res
     assert not marker.exists()
@@ -679,7 +657,7 @@ def test_exit_codes_in_a_real_process(git_repo, tmp_path, answers, code, expect)
 
 
 def test_loop_workflow_via_the_real_command(git_repo, run_aethr):
-    (git_repo / ".aethr.yaml").write_text(PIR)
+    (git_repo / ".aethr.yaml").write_text(PIR_WORKFLOW)
     res = run_aethr("run", "fix the bug", cwd=git_repo)
     assert res.code == 0, res
     assert [line for line in res.out.splitlines() if line.startswith("## ")] == [

@@ -96,12 +96,6 @@ def sse_mid_stream_error(message: str) -> bytes:
 
 
 @pytest.fixture
-def server():
-    with LoopbackServer() as srv:
-        yield srv
-
-
-@pytest.fixture
 def seeded(git_repo, server):
     """The repository with every secret in its place; returns the environment to run with."""
     (git_repo / ".aethr.yaml").write_text(WORKFLOW)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import mutate
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -722,18 +723,4 @@ def test_fuzz_any_code_point(text):
        st.lists(st.tuples(st.sampled_from(["insert", "delete", "replace", "swap-lines"]),
                           st.floats(0, 1, exclude_max=True), ALPHABET), min_size=1, max_size=5))
 def test_fuzz_mutated_configs(text, edits):
-    for op, where, piece in edits:
-        at = int(where * (len(text) + 1))
-        if op == "insert":
-            text = text[:at] + piece + text[at:]
-        elif op == "delete":
-            text = text[:at] + text[at + len(piece):]
-        elif op == "replace":
-            text = text[:at] + piece + text[at + 1:]
-        else:
-            lines = text.split("\n")
-            n = min(int(where * len(lines)), len(lines) - 2)
-            if n >= 0:
-                lines[n], lines[n + 1] = lines[n + 1], lines[n]
-            text = "\n".join(lines)
-    _load_or_error(text)
+    _load_or_error(mutate(text, edits))
