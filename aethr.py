@@ -1751,8 +1751,8 @@ def _capture(argv: list[str], env: dict[str, str], *, limit: int | None, timeout
     finally:
         os.close(out_w)
         os.close(err_w)
-    chunks: list[bytes] = []
-    size, truncated, expired, status = 0, False, False, None
+    data = bytearray()
+    truncated, expired, status = False, False, None
     poller = select.poll()
     poller.register(out_r, select.POLLIN)
     poller.register(err_r, select.POLLIN)
@@ -1772,9 +1772,8 @@ def _capture(argv: list[str], env: dict[str, str], *, limit: int | None, timeout
                 elif fd == err_r:
                     errors.feed(chunk)
                 else:
-                    chunks.append(chunk)
-                    size += len(chunk)
-                    truncated = limit is not None and size > limit
+                    data += chunk
+                    truncated = limit is not None and len(data) > limit
         if reading:     # cut short (limit or timeout): git must not outlive the call
             os.kill(pid, SIGKILL)
         status = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
@@ -1784,7 +1783,7 @@ def _capture(argv: list[str], env: dict[str, str], *, limit: int | None, timeout
             os.waitpid(pid, 0)
         os.close(out_r)
         os.close(err_r)
-    return b"".join(chunks)[:limit], truncated, status, expired
+    return bytes(data[:limit]), truncated, status, expired
 
 
 class Project:
@@ -1963,19 +1962,20 @@ def collect_context(step: Step, project: Project, artifact: Artifact | str | Non
         kind, _, arg = source.partition(":")
         try:
             if kind == "git_diff":
-                blocks.append(_ctx_git_diff(project, source, arg or None))
+                block = _ctx_git_diff(project, source, arg or None)
             elif kind == "latest_diff":
-                blocks.append(_ctx_latest_diff(source, artifact))
+                block = _ctx_latest_diff(source, artifact)
             elif kind == "file":
-                blocks.append(_ctx_file(project, source, arg))
+                block = _ctx_file(project, source, arg)
             elif kind == "glob":
-                blocks.append(_ctx_glob(project, source, arg))
+                block = _ctx_glob(project, source, arg)
             else:
-                blocks.append(_ctx_cmd(project, source, arg, min(CMD_TIMEOUT, step.timeout)))
+                block = _ctx_cmd(project, source, arg, min(CMD_TIMEOUT, step.timeout))
         except GitError as exc:
-            blocks.append(_placeholder(source, f"git failed: {exc.message}"))
+            block = _placeholder(source, f"git failed: {exc.message}")
         except OSError as exc:
-            blocks.append(_placeholder(source, f"could not be collected: {exc.strerror or exc}"))
+            block = _placeholder(source, f"could not be collected: {exc.strerror or exc}")
+        blocks.append(block)
     return blocks
 
 
