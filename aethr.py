@@ -328,6 +328,14 @@ def _seconds(s: float) -> str:
     return f"{int(s // 60)} min {int(s % 60):02d} s"
 
 
+def _changed(names: list[str]) -> str:
+    """`2 files changed: M a.py, A b.py` (at most five names), or `no files changed`."""
+    if not names:
+        return "no files changed"
+    more = f", +{len(names) - 5} more" if len(names) > 5 else ""
+    return f"{_plural(len(names), 'file')} changed: {', '.join(names[:5])}{more}"
+
+
 def _usage_parts(usage: dict, *, tokens: bool = True) -> list[str]:
     """Usage as the footer shows it: tokens in/out, reasoning apart, cost when reported."""
     parts = []
@@ -401,11 +409,7 @@ class TermView:
             parts.append(f"review status: {e['review_status']}")
         art = e.get("artifact")
         if art is not None:
-            files = art["files"]
-            names = ", ".join(f"{f['status']} {f['path']}" for f in files[:5])
-            more = f", +{len(files) - 5} more" if len(files) > 5 else ""
-            parts.append(f"{_plural(len(files), 'file')} changed: {names}{more}" if files
-                         else "no files changed")
+            parts.append(_changed([f"{f['status']} {f['path']}" for f in art["files"]]))
             if art.get("note"):
                 parts.append(art["note"])
         t.status(t.glyph("bottom") + t.paint(t.glyph("dot").join(parts), "dim"))
@@ -620,15 +624,16 @@ def _yaml_spaces(line: str, i: int, pos: int) -> int:
     return pos
 
 
-def _yaml_eol(line: str, i: int, pos: int) -> None:
-    """Check that only spaces and a comment follow pos."""
+def _yaml_eol(line: str, i: int, pos: int, what: str = "the value", hint: str | None = None
+              ) -> None:
+    """Check that only spaces and a comment follow pos (the end of `what`)."""
     pos = _yaml_spaces(line, i, pos)
     if pos < len(line) and not (line[pos] == "#" and line[pos - 1] == " "):
         if line[pos] == "#":
             # YAML needs white space before a comment: 'key: "v"# c' is an error
             # (yaml-test-suite SU5Z, 9JBA, CVW2), although PyYAML accepts it.
             raise _yaml_err(i, pos, "a comment needs a space before '#'")
-        raise _yaml_err(i, pos, "unexpected text after the value")
+        raise _yaml_err(i, pos, f"unexpected text after {what}", hint)
 
 
 def _yaml_skip(lines: list[str], i: int) -> int:
@@ -913,7 +918,7 @@ def _yaml_typed(text: str, i: int, pos: int) -> object:
         return _YAML_BOOLS[text]
     digits = text[1:] if text[0] in "+-" else text
     if digits.isascii() and digits.isdigit():
-        kind, m = "int", None
+        kind = "int"
     else:
         m = _YAML_NUMBER.fullmatch(text) if text[0] in "0123456789+-." else None
         if m is None:
@@ -923,7 +928,7 @@ def _yaml_typed(text: str, i: int, pos: int) -> object:
         if kind == "int":
             return int(text)
         if kind in ("oct", "hex"):
-            return int(m[kind], 8 if kind == "oct" else 16)
+            return int(text, 0)     # the pattern allows only 0o17 and 0x1F, as Python writes them
     except ValueError:
         # Python 3.11+ refuses to convert more than 4300 decimal digits.
         raise _yaml_err(i, pos, "integer has too many digits", hint="quote it") from None
@@ -1015,12 +1020,7 @@ def _yaml_block_scalar(lines: list[str], i: int, pos: int, parent: int) -> tuple
     if p < len(line) and line[p] in "0123456789":
         raise _yaml_err(i, p, "block scalar indentation indicators are not supported",
                         hint="remove the digit; the first line sets the indentation")
-    q = _yaml_spaces(line, i, p)
-    if q < len(line) and not (line[q] == "#" and q > p):
-        if line[q] == "#":
-            raise _yaml_err(i, q, "a comment needs a space before '#'")
-        raise _yaml_err(i, q, "unexpected text after a block scalar header",
-                        hint="start the text on the next line, indented")
+    _yaml_eol(line, i, p, "a block scalar header", "start the text on the next line, indented")
     # 2. The first line with a non-space character sets the indentation.
     n = len(lines)
     j = i + 1
@@ -1116,8 +1116,7 @@ class Repeat(_Record):
 class Step(_Record):
     """One step of a workflow."""
 
-    __slots__ = ("id", "role", "backend", "model", "max_tokens", "unsafe_permissions", "timeout",
-                 "history_visibility", "context", "repeat", "index")
+    __slots__ = _STEP_KEYS + ("index",)
 
 
 class Workflow(_Record):
@@ -1358,10 +1357,9 @@ def _check_step(ck: _Checker, raw: object, i: int, roles: dict, declared: Any) -
         ck.add(path, f"step {i + 1} must be a mapping with id and role, not {_describe(raw)}")
         return None
     ck.mapping(raw, path, f"step {i + 1}", _STEP_KEYS)
-    sid = ck.string(raw["id"], path + ("id",), "step id") if "id" in raw else None
-    if "id" not in raw:
-        ck.add(path, f"step {i + 1} has no id", "add id: NAME")
-    elif sid is not None and not _one_word(sid):
+    sid = ck.string(raw["id"], path + ("id",), "step id") if "id" in raw \
+        else ck.add(path, f"step {i + 1} has no id", "add id: NAME")
+    if sid is not None and not _one_word(sid):
         ck.add(path + ("id",), f"step id {sid!r} must be one word, without spaces or control "
                "characters", "for example review-2 or fix_tests")
         sid = None
@@ -1449,19 +1447,16 @@ def _check_workflow(data: object, ck: _Checker) -> dict:
         if text is None:
             ck.add(("roles", role), f"role {role!r} has no instruction",
                    "write what this role should do, e.g. a | block of text")
-            continue
-        value = ck.string(text, ("roles", role), f"instruction of role {role!r}")
-        if value is not None:
-            roles[role] = value
+        elif ck.string(text, ("roles", role), f"instruction of role {role!r}") is not None:
+            roles[role] = text
     models: dict[str, str] = {}
     for role, value in ck.table(data.get("models"), "models", "provider:model").items():
         if role != "default" and role not in raw_roles:
             ck.add(("models", role), f"models names {role!r}, which is not a role",
                    _did_you_mean(role, list(roles) + ["default"])
                    or "keys under models are role names or default", at_key=True)
-        model = ck.model(value, ("models", role), f"model of role {role!r}")
-        if model is not None:
-            models[role] = model
+        if ck.model(value, ("models", role), f"model of role {role!r}") is not None:
+            models[role] = value
     raw_steps = data.get("steps")
     steps: list[Step] = []
     if not isinstance(raw_steps, list) or not raw_steps:
@@ -1730,7 +1725,7 @@ def _capture(argv: list[str], env: dict[str, str], *, limit: int | None, timeout
             return b"", False, -1, True
         errors.feed(proc.stderr)
         cut = limit is not None and len(proc.stdout) > limit
-        return proc.stdout[:limit] if cut else proc.stdout, cut, proc.returncode, False
+        return proc.stdout[:limit], cut, proc.returncode, False
     import select
     import time
 
@@ -1756,8 +1751,8 @@ def _capture(argv: list[str], env: dict[str, str], *, limit: int | None, timeout
     finally:
         os.close(out_w)
         os.close(err_w)
-    chunks: list[bytes] = []
-    size, truncated, expired, status = 0, False, False, None
+    data = bytearray()
+    truncated, expired, status = False, False, None
     poller = select.poll()
     poller.register(out_r, select.POLLIN)
     poller.register(err_r, select.POLLIN)
@@ -1777,9 +1772,8 @@ def _capture(argv: list[str], env: dict[str, str], *, limit: int | None, timeout
                 elif fd == err_r:
                     errors.feed(chunk)
                 else:
-                    chunks.append(chunk)
-                    size += len(chunk)
-                    truncated = limit is not None and size > limit
+                    data += chunk
+                    truncated = limit is not None and len(data) > limit
         if reading:     # cut short (limit or timeout): git must not outlive the call
             os.kill(pid, SIGKILL)
         status = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
@@ -1789,8 +1783,7 @@ def _capture(argv: list[str], env: dict[str, str], *, limit: int | None, timeout
             os.waitpid(pid, 0)
         os.close(out_r)
         os.close(err_r)
-    data = b"".join(chunks)
-    return (data[:limit] if truncated else data), truncated, status, expired
+    return bytes(data[:limit]), truncated, status, expired
 
 
 class Project:
@@ -1803,7 +1796,6 @@ class Project:
         self.top, self.gitdir, self.head = probe or git_probe(self.root, environ)
         self.secrets = secret_values(environ)
         self._files: list[str] | None = None
-        self._head: str | None = None
 
     def git(self, *args: str, **kw: Any) -> str:
         """Run git in the repository's top level; stdout decoded (with replacement)."""
@@ -1929,9 +1921,7 @@ class Artifact:
         """One line for a step footer."""
         if not self.files:
             return "no files changed" + (f" ({self.note})" if self.note else "")
-        names = ", ".join(f"{status} {path}" for status, path, _ in self.files[:5])
-        more = f", +{len(self.files) - 5} more" if len(self.files) > 5 else ""
-        return f"{_plural(len(self.files), 'file')} changed: {names}{more}"
+        return _changed([f"{status} {path}" for status, path, _ in self.files])
 
     def describe(self, *, patch: bool = True) -> str:
         """Changed files and diff stat, and the raw patch when `patch`."""
@@ -1972,19 +1962,20 @@ def collect_context(step: Step, project: Project, artifact: Artifact | str | Non
         kind, _, arg = source.partition(":")
         try:
             if kind == "git_diff":
-                blocks.append(_ctx_git_diff(project, source, arg or None))
+                block = _ctx_git_diff(project, source, arg or None)
             elif kind == "latest_diff":
-                blocks.append(_ctx_latest_diff(source, artifact))
+                block = _ctx_latest_diff(source, artifact)
             elif kind == "file":
-                blocks.append(_ctx_file(project, source, arg))
+                block = _ctx_file(project, source, arg)
             elif kind == "glob":
-                blocks.append(_ctx_glob(project, source, arg))
+                block = _ctx_glob(project, source, arg)
             else:
-                blocks.append(_ctx_cmd(project, source, arg, min(CMD_TIMEOUT, step.timeout)))
+                block = _ctx_cmd(project, source, arg, min(CMD_TIMEOUT, step.timeout))
         except GitError as exc:
-            blocks.append(_placeholder(source, f"git failed: {exc.message}"))
+            block = _placeholder(source, f"git failed: {exc.message}")
         except OSError as exc:
-            blocks.append(_placeholder(source, f"could not be collected: {exc.strerror or exc}"))
+            block = _placeholder(source, f"could not be collected: {exc.strerror or exc}")
+        blocks.append(block)
     return blocks
 
 
@@ -1996,13 +1987,12 @@ def _ctx_git_diff(project: Project, source: str, rev: str | None) -> Block:
     if not text.strip():
         return _placeholder(source, "no uncommitted changes" if not rev else
                             f"no changes against merge-base({rev}, HEAD)")
-    stat, _, _ = text.partition("\n\n")
+    stat_lines = text.partition("\n\n")[0].strip("\n").splitlines()
     if truncated:
         text = text.rstrip("\n") + (f"\n[\u2026 {source}: more than {_size(DIFF_CAP)}, "
                                     f"first {_size(DIFF_CAP)} shown]\n")
     what = "uncommitted changes against HEAD" if not rev else \
         f"the working tree against merge-base({rev}, HEAD)"
-    stat_lines = stat.strip("\n").splitlines()
     summary = (stat_lines[-1].strip() if stat_lines else "changes") + "".join(
         "\n    " + line.strip() for line in stat_lines[:-1][:12])
     return Block(source, text, base=f"{what}; {project.where()}", summary=summary)
@@ -2087,8 +2077,7 @@ def _read_text(path: str, cap: int, secrets: list[str]) -> tuple[str | None, str
     return text, "", size
 
 
-def _file_body(project: Project, rel: str, label: str, *, listed: bool = False
-               ) -> tuple[str | None, str, int]:
+def _file_body(project: Project, rel: str, *, listed: bool = False) -> tuple[str | None, str, int]:
     # `listed`: the path came from `git ls-files --exclude-standard`, so git does not ignore it
     # (asking again would cost one git process per file of a glob).
     ignored = not listed and project.ignored(rel)
@@ -2097,14 +2086,14 @@ def _file_body(project: Project, rel: str, label: str, *, listed: bool = False
         return None, why, 0
     text, why, size = _read_text(os.path.join(project.root, rel), FILE_CAP, project.secrets)
     if text is not None and size > FILE_CAP:
-        cut = f"\n[\u2026 {printable(label)}: {_size(size)}, first {_size(FILE_CAP)} shown]"
+        cut = f"\n[\u2026 {printable(rel)}: {_size(size)}, first {_size(FILE_CAP)} shown]"
         text = text.rstrip("\n") + cut
     return text, why, size
 
 
 def _ctx_file(project: Project, source: str, rel: str) -> Block:
     rel = rel.strip()
-    text, why, size = _file_body(project, rel, rel)
+    text, why, size = _file_body(project, rel)
     if text is None:
         return _placeholder(source, why)
     lines = text.count("\n") + (not text.endswith("\n"))
@@ -2124,7 +2113,7 @@ def _ctx_glob(project: Project, source: str, pattern: str) -> Block:
             parts.append(f"[\u2026 {_plural(rest, 'more file')} not shown: a glob shows at most "
                          f"{GLOB_MAX_FILES} files and {_size(GLOB_CAP)}]")
             break
-        text, why, _ = _file_body(project, rel, rel, listed=True)
+        text, why, _ = _file_body(project, rel, listed=True)
         if text is None:
             if why != "not found":      # tracked but deleted: nothing to show
                 parts.append(f"[{printable(rel)} \u2014 {why}]")
@@ -2191,7 +2180,7 @@ def _kill_tree(proc: Any) -> None:
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
         else:
             os.killpg(proc.pid, signal.SIGKILL)
-    except (OSError, ProcessLookupError):
+    except OSError:                 # ProcessLookupError included: it has ended already
         pass
 
 
@@ -2220,12 +2209,9 @@ def run_shell(command: str, cwd: str, environ: dict[str, str], timeout: float
     try:
         status = proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        status = None
-    except BaseException:           # Ctrl-C: no orphan left behind
-        _kill_tree(proc)
-        raise
+        pass
     finally:
-        if proc.poll() is None or status is None:
+        if status is None:          # timed out, or Ctrl-C: no orphan left behind
             _kill_tree(proc)
         for t in threads:
             t.join(timeout=5)
