@@ -1962,7 +1962,7 @@ def collect_context(step: Step, project: Project, artifact: Artifact | str | Non
         kind, _, arg = source.partition(":")
         try:
             if kind == "git_diff":
-                block = _ctx_git_diff(project, source, arg or None)
+                block = _ctx_git_diff(project, source, arg.strip() or None)
             elif kind == "latest_diff":
                 block = _ctx_latest_diff(source, artifact)
             elif kind == "file":
@@ -4819,7 +4819,7 @@ def preflight(workflow: Workflow, project: Project, *, live: bool = False,
         for j, source in enumerate(step.context):
             if not source.startswith("git_diff:"):
                 continue
-            rev = source.partition(":")[2]
+            rev = source.partition(":")[2].strip()
             line, column = workflow.marks.get(("steps", step.index, "context", j), (1, 1))
             why = None
             if not project.top:

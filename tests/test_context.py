@@ -263,6 +263,22 @@ def test_git_diff_rev_is_against_the_merge_base(git_repo):
     assert "merge-base" in heading(user, "git_diff:main")
 
 
+def test_git_diff_rev_with_spaces_means_the_same_revision(git_repo, cli):
+    # Validation strips the revision ("git_diff: main" is valid); preflight and the context
+    # must then look up the same revision, not " main".
+    git(git_repo, "checkout", "-q", "-b", "feature")
+    (git_repo / "feature.txt").write_text("FEATURE-COMMITTED\n")
+    git(git_repo, "add", "feature.txt")
+    git(git_repo, "commit", "-q", "-m", "feature work")
+    user = user_prompt(git_repo, "git_diff: main ")
+    assert "+FEATURE-COMMITTED" in user and "git failed" not in user
+    (git_repo / "wf.yaml").write_text("roles:\n  r: Do it.\nsteps:\n  - id: s\n    role: r\n"
+                                      "    context: [\"git_diff: main\"]\n")
+    res = cli("run", "x", "--workflow", "wf.yaml", "--show-prompt")
+    assert res.code == 0, res
+    assert "+FEATURE-COMMITTED" in res.out
+
+
 def test_git_diff_rev_unknown_revision_is_a_preflight_error(git_repo, cli):
     wf = git_repo / "wf.yaml"
     wf.write_text("roles:\n  r: Do it.\nsteps:\n  - id: s\n    role: r\n"
