@@ -4359,15 +4359,11 @@ def parse_dotenv(text: str) -> tuple[dict[str, str], list[int]]:
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         found = _dotenv_line(line)
-        if not found:
-            bad.append(number)
-            continue
-        name, raw = found
-        value = _dotenv_value(raw)
+        value = _dotenv_value(found[1]) if found else None
         if value is None:
             bad.append(number)
         else:
-            values[name] = value
+            values[found[0]] = value
     return values, bad
 
 
@@ -4386,23 +4382,21 @@ def _dotenv_line(line: str) -> tuple[str, str] | None:
 
 
 def _dotenv_value(raw: str) -> str | None:
-    if raw[:1] == "'":
-        end = raw.find("'", 1)
-        rest = raw[end + 1:].strip() if end > 0 else "x"
-        return raw[1:end] if end > 0 and (not rest or rest.startswith("#")) else None
-    if raw[:1] == '"':
-        out, i = [], 1
-        while i < len(raw) and raw[i] != '"':
-            if raw[i] == "\\" and i + 1 < len(raw):
-                out.append(_DOTENV_ESCAPES.get(raw[i + 1], "\\" + raw[i + 1]))
-                i += 2
-                continue
+    quote = raw[:1]
+    if quote not in ("'", '"'):
+        cuts = [k for k in (raw.find(" #"), raw.find("\t#")) if k >= 0]
+        return raw[:min(cuts, default=len(raw))].strip()
+    # Quoted: up to the closing quote, then nothing but a comment. Only "…" has escapes.
+    out, i = [], 1
+    while i < len(raw) and raw[i] != quote:
+        if quote == '"' and raw[i] == "\\" and i + 1 < len(raw):
+            i += 1                      # an escape: the next character, translated
+            out.append(_DOTENV_ESCAPES.get(raw[i], "\\" + raw[i]))
+        else:
             out.append(raw[i])
-            i += 1
-        rest = raw[i + 1:].strip()
-        return "".join(out) if i < len(raw) and (not rest or rest.startswith("#")) else None
-    cuts = [k for k in (raw.find(" #"), raw.find("\t#")) if k >= 0]
-    return raw[:min(cuts, default=len(raw))].strip()
+        i += 1
+    rest = raw[i + 1:].strip()
+    return "".join(out) if i < len(raw) and (not rest or rest.startswith("#")) else None
 
 
 def dotenv_tracked(project: Project) -> bool:
