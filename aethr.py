@@ -4044,10 +4044,13 @@ class RunResult:
         self.warnings = warnings
 
 
-def _add_usage(total: dict, usage: dict) -> None:
-    for key, value in usage.items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            total[key] = total.get(key, 0) + value
+def _total_usage(results: list[StepResult]) -> dict:
+    total: dict = {}
+    for result in results:
+        for key, value in result.usage.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                total[key] = total.get(key, 0) + value
+    return total
 
 
 def step_target(step: Step, model: str | None, live: bool) -> str:
@@ -4187,13 +4190,10 @@ def run_workflow(workflow: Workflow, task: str, *, root: str | Project = ".", li
                              "state": state.checkpoint(step)}, project.secrets)
 
     started = time.monotonic()
-    usage: dict = {}
-    for r in state.results:
-        _add_usage(usage, r.usage)
 
     def end(verdict: str, **extra: Any) -> None:
         emit({"event": "run_end", "verdict": verdict, "mode": mode,
-              "steps_run": len(state.results), "usage": usage,
+              "steps_run": len(state.results), "usage": _total_usage(state.results),
               "duration": time.monotonic() - started, **extra})
 
     running: Step | None = None        # the step under way, for the checkpoint
@@ -4205,7 +4205,6 @@ def run_workflow(workflow: Workflow, task: str, *, root: str | Project = ".", li
             running = step = steps[state.next]
             state.partial = []
             result = _run_step(workflow, task, step, state, project, overrides, live, emit)
-            _add_usage(usage, result.usage)
             running = None
             emit({"event": "step_end", "step": step.id, "role": step.role,
                   "iteration": result.iteration, "output": result.text, "usage": result.usage,
@@ -4231,7 +4230,8 @@ def run_workflow(workflow: Workflow, task: str, *, root: str | Project = ".", li
                 pass
         raise
     warnings = [w for r in state.results for w in r.warnings]
-    return RunResult(verdict, state.results, usage, time.monotonic() - started, warnings)
+    return RunResult(verdict, state.results, _total_usage(state.results),
+                     time.monotonic() - started, warnings)
 
 
 def _run_step(workflow: Workflow, task: str, step: Step, state: _RunState, project: Project,
