@@ -4524,7 +4524,7 @@ def _parser_class() -> type:
                 self._print_message(message, sys.stderr)
             raise _Exit(status)
 
-    _ArgParser.help_formats = (_Help, _RawHelp)
+    _ArgParser.raw_help = _RawHelp     # the top parser's epilog keeps its line breaks
     _ARGPARSER = _ArgParser
     return _ArgParser
 
@@ -4538,7 +4538,7 @@ def build_parser(term: Term | None = None) -> tuple[Any, dict[str, Any]]:
     common = _ArgParser(add_help=False, term=term)
     common.add_argument("--no-color", action="store_true", help="no colour in the output")
     top = _ArgParser(prog="aethr", parents=[common], term=term,
-                     formatter_class=_ArgParser.help_formats[1],
+                     formatter_class=_ArgParser.raw_help,
                      description="Run explicit AI coding workflows: plan, implement, review, "
                      "iterate.",
                      epilog="Mock mode (the default) calls no model.\n"
