@@ -4047,10 +4047,13 @@ class RunResult:
         self.warnings = warnings
 
 
-def _add_usage(total: dict, usage: dict) -> None:
-    for key, value in usage.items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            total[key] = total.get(key, 0) + value
+def _total_usage(results: list[StepResult]) -> dict:
+    total: dict = {}
+    for result in results:
+        for key, value in result.usage.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                total[key] = total.get(key, 0) + value
+    return total
 
 
 def step_target(step: Step, model: str | None, live: bool) -> str:
@@ -4190,13 +4193,10 @@ def run_workflow(workflow: Workflow, task: str, *, root: str | Project = ".", li
                              "state": state.checkpoint(step)}, project.secrets)
 
     started = time.monotonic()
-    usage: dict = {}
-    for r in state.results:
-        _add_usage(usage, r.usage)
 
     def end(verdict: str, **extra: Any) -> None:
         emit({"event": "run_end", "verdict": verdict, "mode": mode,
-              "steps_run": len(state.results), "usage": usage,
+              "steps_run": len(state.results), "usage": _total_usage(state.results),
               "duration": time.monotonic() - started, **extra})
 
     running: Step | None = None        # the step under way, for the checkpoint
@@ -4208,7 +4208,6 @@ def run_workflow(workflow: Workflow, task: str, *, root: str | Project = ".", li
             running = step = steps[state.next]
             state.partial = []
             result = _run_step(workflow, task, step, state, project, overrides, live, emit)
-            _add_usage(usage, result.usage)
             running = None
             emit({"event": "step_end", "step": step.id, "role": step.role,
                   "iteration": result.iteration, "output": result.text, "usage": result.usage,
@@ -4234,7 +4233,8 @@ def run_workflow(workflow: Workflow, task: str, *, root: str | Project = ".", li
                 pass
         raise
     warnings = [w for r in state.results for w in r.warnings]
-    return RunResult(verdict, state.results, usage, time.monotonic() - started, warnings)
+    return RunResult(verdict, state.results, _total_usage(state.results),
+                     time.monotonic() - started, warnings)
 
 
 def _run_step(workflow: Workflow, task: str, step: Step, state: _RunState, project: Project,
@@ -4362,15 +4362,11 @@ def parse_dotenv(text: str) -> tuple[dict[str, str], list[int]]:
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         found = _dotenv_line(line)
-        if not found:
-            bad.append(number)
-            continue
-        name, raw = found
-        value = _dotenv_value(raw)
+        value = _dotenv_value(found[1]) if found else None
         if value is None:
             bad.append(number)
         else:
-            values[name] = value
+            values[found[0]] = value
     return values, bad
 
 
@@ -4389,23 +4385,21 @@ def _dotenv_line(line: str) -> tuple[str, str] | None:
 
 
 def _dotenv_value(raw: str) -> str | None:
-    if raw[:1] == "'":
-        end = raw.find("'", 1)
-        rest = raw[end + 1:].strip() if end > 0 else "x"
-        return raw[1:end] if end > 0 and (not rest or rest.startswith("#")) else None
-    if raw[:1] == '"':
-        out, i = [], 1
-        while i < len(raw) and raw[i] != '"':
-            if raw[i] == "\\" and i + 1 < len(raw):
-                out.append(_DOTENV_ESCAPES.get(raw[i + 1], "\\" + raw[i + 1]))
-                i += 2
-                continue
+    quote = raw[:1]
+    if quote not in ("'", '"'):
+        cuts = [k for k in (raw.find(" #"), raw.find("\t#")) if k >= 0]
+        return raw[:min(cuts, default=len(raw))].strip()
+    # Quoted: up to the closing quote, then nothing but a comment. Only "…" has escapes.
+    out, i = [], 1
+    while i < len(raw) and raw[i] != quote:
+        if quote == '"' and raw[i] == "\\" and i + 1 < len(raw):
+            i += 1                      # an escape: the next character, translated
+            out.append(_DOTENV_ESCAPES.get(raw[i], "\\" + raw[i]))
+        else:
             out.append(raw[i])
-            i += 1
-        rest = raw[i + 1:].strip()
-        return "".join(out) if i < len(raw) and (not rest or rest.startswith("#")) else None
-    cuts = [k for k in (raw.find(" #"), raw.find("\t#")) if k >= 0]
-    return raw[:min(cuts, default=len(raw))].strip()
+        i += 1
+    rest = raw[i + 1:].strip()
+    return "".join(out) if i < len(raw) and (not rest or rest.startswith("#")) else None
 
 
 def dotenv_tracked(project: Project) -> bool:
@@ -4533,7 +4527,7 @@ def _parser_class() -> type:
                 self._print_message(message, sys.stderr)
             raise _Exit(status)
 
-    _ArgParser.help_formats = (_Help, _RawHelp)
+    _ArgParser.raw_help = _RawHelp     # the top parser's epilog keeps its line breaks
     _ARGPARSER = _ArgParser
     return _ArgParser
 
@@ -4547,7 +4541,7 @@ def build_parser(term: Term | None = None) -> tuple[Any, dict[str, Any]]:
     common = _ArgParser(add_help=False, term=term)
     common.add_argument("--no-color", action="store_true", help="no colour in the output")
     top = _ArgParser(prog="aethr", parents=[common], term=term,
-                     formatter_class=_ArgParser.help_formats[1],
+                     formatter_class=_ArgParser.raw_help,
                      description="Run explicit AI coding workflows: plan, implement, review, "
                      "iterate.",
                      epilog="Mock mode (the default) calls no model.\n"
@@ -4564,6 +4558,11 @@ def build_parser(term: Term | None = None) -> tuple[Any, dict[str, Any]]:
         p.set_defaults(func=func)
         subs[name] = p
         return p
+
+    def add_workflow_options(p: _ArgParser, verb: str) -> None:
+        group = p.add_mutually_exclusive_group()
+        group.add_argument("--workflow", metavar="FILE", help=f"the workflow file to {verb}")
+        group.add_argument("--preset", metavar="NAME", help=f"{verb} a built-in preset")
 
     model_help = ("MODEL (provider:model) for every role, or ROLE=MODEL for one role; "
                   "repeatable")
@@ -4582,9 +4581,7 @@ def build_parser(term: Term | None = None) -> tuple[Any, dict[str, Any]]:
     p.add_argument("--show-prompt", action="store_true",
                    help="print every step's prompt as it would be sent; call nothing")
     p.add_argument("--live", action="store_true", help="call the real models (live mode)")
-    group = p.add_mutually_exclusive_group()
-    group.add_argument("--workflow", metavar="FILE", help="the workflow file to run")
-    group.add_argument("--preset", metavar="NAME", help="run a built-in preset")
+    add_workflow_options(p, "run")
     p.add_argument("--model", action="append", default=[], metavar="MODEL", help=model_help)
     p.add_argument("--json", action="store_true",
                    help="one JSON event per line on stdout (run_start … run_end)")
@@ -4595,9 +4592,7 @@ def build_parser(term: Term | None = None) -> tuple[Any, dict[str, Any]]:
                    help="with --resume-checkpoint: accept a workflow that changed since")
 
     p = add("check", "validate the workflow and summarise it", cmd_check)
-    group = p.add_mutually_exclusive_group()
-    group.add_argument("--workflow", metavar="FILE", help="the workflow file to check")
-    group.add_argument("--preset", metavar="NAME", help="check a built-in preset")
+    add_workflow_options(p, "check")
     p.add_argument("--live", action="store_true",
                    help="also check what live mode needs: models, keys, binaries")
 
@@ -4645,7 +4640,7 @@ def _quick_args(argv: list[str]) -> _Args | None:
     if i == len(argv) or argv[i] not in _QUICK or "--" in argv:
         return None
     options, positional = _QUICK[argv[i]]
-    options = dict(options, **{"--no-color": "flag"})
+    options = {**options, "--no-color": "flag"}
     dests = {option: option[2:].replace("-", "_") for option in options}
     args = {"command": argv[i], "func": globals()["cmd_" + argv[i]]}
     for option, kind in options.items():
@@ -4738,11 +4733,11 @@ def _check_overrides(overrides: dict[str, str], workflow: Workflow, environ: dic
     # OpenCode takes any provider id (SPEC §7): only model steps are checked.
     for step in workflow.steps:
         model = overrides.get(step.role) or overrides.get("*") or env_model
-        if step.backend == "model" and model and split_model(model)[0] not in PROVIDER_KEYS:
+        provider = split_model(model)[0]
+        if step.backend == "model" and model and provider not in PROVIDER_KEYS:
             where = ("AETHR_MODEL" if model == env_model and not overrides else "--model")
-            raise UsageError(f"{where}: unknown provider {split_model(model)[0]!r} in model "
-                             f"{model!r}", hint=_did_you_mean(split_model(model)[0],
-                                                               PROVIDER_KEYS)
+            raise UsageError(f"{where}: unknown provider {provider!r} in model {model!r}",
+                             hint=_did_you_mean(provider, PROVIDER_KEYS)
                              or "providers: " + ", ".join(PROVIDER_KEYS))
 
 
@@ -4763,11 +4758,10 @@ def _find_root(args: argparse.Namespace, term: Term
         candidate = os.path.join(here, WORKFLOW_FILE)
         if os.path.lexists(candidate):
             return here, probe, candidate
-        if os.path.lexists(os.path.join(here, ".aethr.yml")):
-            raise ConfigError(f"found {_relative(os.path.join(here, '.aethr.yml'))}, but aethr "
-                              f"reads {WORKFLOW_FILE}", hint="rename it: mv "
-                              + _relative(os.path.join(here, ".aethr.yml")) + " "
-                              + _relative(os.path.join(here, WORKFLOW_FILE)))
+        wrong = os.path.join(here, ".aethr.yml")
+        if os.path.lexists(wrong):
+            raise ConfigError(f"found {_relative(wrong)}, but aethr reads {WORKFLOW_FILE}",
+                              hint=f"rename it: mv {_relative(wrong)} {_relative(candidate)}")
         parent = os.path.dirname(here)
         if top is None or os.path.normcase(here) == os.path.normcase(top) or parent == here:
             return top or cwd, probe, None
@@ -5088,9 +5082,9 @@ def _resume(args: argparse.Namespace, term: Term) -> int:
     project, _ = _open_project(None, term, root)
     project.environ.pop("AETHR_MODEL", None)       # the overrides come from the checkpoint
     live = saved["mode"] == "live"
-    preflight(workflow, project, live=live and not args.show_prompt, overrides=saved["models"])
+    preflight(workflow, project, live=live and not args.show_prompt, overrides=models)
     if args.show_prompt:
-        return _show_prompts(workflow, saved["task"], project, saved["models"], live, term,
+        return _show_prompts(workflow, saved["task"], project, models, live, term,
                              resume=saved["state"])
     term.note(f"resuming {workflow.source} at step {state.next + 1}")
     result = _run_saving(args, term, workflow, project, saved, path)
@@ -5148,17 +5142,14 @@ def pin_models(text: str, overrides: dict[str, str]) -> str:
     """Preset text with --model overrides written into `models:` (and step `model:` lines)."""
     data, keys, values = _yaml_load_marked(text)
     lines = text.splitlines()
-    roles = list(data.get("roles") or {})
-    models = dict(data.get("models") or {})
-    for role in roles:
-        if overrides.get(role) or overrides.get("*"):
-            models[role] = overrides.get(role) or overrides["*"]
+    pinned = {role: overrides.get(role) or overrides.get("*") for role in data.get("roles") or {}}
+    pinned = {role: model for role, model in pinned.items() if model}
+    models = {**(data.get("models") or {}), **pinned}
     # A step's own model: would beat models.ROLE, so pinned roles rewrite it too.
     for i, step in enumerate(data.get("steps") or []):
-        if isinstance(step, dict) and "model" in step and step.get("role") in models and (
-                overrides.get(step["role"]) or overrides.get("*")):
+        if isinstance(step, dict) and "model" in step and step.get("role") in pinned:
             line, column = values[("steps", i, "model")]
-            lines[line - 1] = lines[line - 1][:column - 1] + _model_scalar(models[step["role"]])
+            lines[line - 1] = lines[line - 1][:column - 1] + _model_scalar(pinned[step["role"]])
     block = ["models:"] + [f"  {k}: {_model_scalar(v)}" for k, v in models.items()]
     tops = sorted(keys[p][0] for p in keys if len(p) == 1)
     if ("models",) in keys:
@@ -5210,7 +5201,7 @@ def cmd_init(args: argparse.Namespace, term: Term) -> int:
     return 0
 
 
-def _check_summary(workflow: Workflow, project: Project, live: bool, term: Term) -> list[str]:
+def _check_summary(workflow: Workflow, project: Project, live: bool) -> list[str]:
     rows = []
     for step in workflow.steps:
         model = resolve_model(workflow, step, {}, project.environ)
@@ -5244,7 +5235,7 @@ def cmd_check(args: argparse.Namespace, term: Term) -> int:
     live = wants_live(args.live, {}, project.environ)
     _check_overrides({}, workflow, project.environ)
     preflight(workflow, project, live=args.live)
-    for line in _check_summary(workflow, project, live, term):
+    for line in _check_summary(workflow, project, live):
         term.write(line + "\n")
     term.status(f"aethr: {workflow.source} is valid")
     return 0
@@ -5285,7 +5276,7 @@ def cmd_auth(args: argparse.Namespace, term: Term) -> int:
             if var is None:
                 state = f"{PROVIDER_KEYS[provider][0]:<21} not set"
             else:
-                where = ".env" if var in getattr(env, "dotenv", ()) else "the environment"
+                where = ".env" if var in env.dotenv else "the environment"
                 state = f"{var:<21} set in {where}: {mask(env[var])}"
             term.write(f"{provider:<11} {state}\n")
         term.write(f"{'ollama':<11} no key needed\n")
@@ -5302,7 +5293,7 @@ def cmd_auth(args: argparse.Namespace, term: Term) -> int:
     var = AUTH_VARS[provider]
     if args.action == "logout":
         try:
-            changed = os.path.exists(path) and write_dotenv_var(path, var, None)
+            changed = write_dotenv_var(path, var, None)
         except OSError as exc:
             raise UsageError(f"cannot change {path}: {exc.strerror or exc}") from None
         term.status(f"aethr: removed {var} from {path}" if changed else
