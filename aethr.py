@@ -1960,9 +1960,10 @@ def collect_context(step: Step, project: Project, artifact: Artifact | str | Non
     blocks = []
     for source in step.context:
         kind, _, arg = source.partition(":")
+        arg = arg.strip()           # as validation reads it (_source_problem)
         try:
             if kind == "git_diff":
-                block = _ctx_git_diff(project, source, arg.strip() or None)
+                block = _ctx_git_diff(project, source, arg or None)
             elif kind == "latest_diff":
                 block = _ctx_latest_diff(source, artifact)
             elif kind == "file":
@@ -2092,7 +2093,6 @@ def _file_body(project: Project, rel: str, *, listed: bool = False) -> tuple[str
 
 
 def _ctx_file(project: Project, source: str, rel: str) -> Block:
-    rel = rel.strip()
     text, why, size = _file_body(project, rel)
     if text is None:
         return _placeholder(source, why)
@@ -2102,7 +2102,7 @@ def _ctx_file(project: Project, source: str, rel: str) -> Block:
 
 
 def _ctx_glob(project: Project, source: str, pattern: str) -> Block:
-    rx = _glob_regex(pattern.strip())
+    rx = _glob_regex(pattern)
     matches = sorted(p for p in project.files() if rx.match(p))
     if not matches:
         return _placeholder(source, "no file matches")
@@ -2220,7 +2220,6 @@ def run_shell(command: str, cwd: str, environ: dict[str, str], timeout: float
 
 
 def _ctx_cmd(project: Project, source: str, command: str, timeout: float) -> Block:
-    command = command.strip()
     status, out, err = run_shell(command, project.root, project.environ, timeout)
     if status is None:
         head = f"$ {command}\n[{source} \u2014 timed out after {timeout:g} s; stopped]"
