@@ -13,17 +13,20 @@ Standard library only: works copied alone (python3 aethr.py ...), installed
 (aethr ...), as python3 -m aethr, and vendored (import aethr).
 
 Sections (grep "# == N." to jump). Code in a section uses only the sections
-above it; any function may read section 13 data at call time:
-  1. Version and constants        8. Providers (HTTP, SSE streaming, mock)
+above it; any function may read section 13 data at call time, and reaches
+section 14 (source text, compiled on first use) through _lazy():
+  1. Version and constants        8. Providers (mock; live ones in 14)
   2. Errors                       9. Backends (model, OpenCode) and artifacts
   3. Terminal output             10. Runner (steps, loops, events)
   4. YAML-subset parser          11. Environment (booleans, secrets)
-  5. Workflow: load and validate 12. Commands and CLI (argparse, main)
+  5. Workflow: load and validate 12. Commands and CLI (main)
   6. Context sources             13. Built-in data (presets)
-  7. Prompts
+  7. Prompts                     14. Compiled on first use: live runs, auth,
+                                     resume, argparse
 """
 from __future__ import annotations
 
+import _thread
 import os
 import sys
 
@@ -31,7 +34,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
     import re
-    from collections.abc import Callable, Iterable, Iterator
+    from collections.abc import Callable, Iterable, Iterator  # noqa: F401 (section 14)
     from typing import IO, Any
 
 __all__ = [
@@ -78,6 +81,29 @@ class _Regex:
 
     def findall(self, text: str) -> list:
         return self._get().findall(text)
+
+
+_LAZY_LOCK = _thread.allocate_lock()
+_lazy_done = False
+
+
+def _lazy() -> Any:
+    """This module, with section 14 compiled into it on first use: `_lazy().name(...)`."""
+    global _lazy_done
+    if not _lazy_done:
+        with _LAZY_LOCK:    # threads of an API user must not define its classes twice
+            if not _lazy_done:
+                code = compile("\n" * (_LAZY_LINE - 1) + _LAZY, __file__, "exec")
+                exec(code, globals())
+                _lazy_done = True
+    return sys.modules[__name__]
+
+
+def __getattr__(name: str) -> Any:
+    """`aethr.OpenAIProvider` and every other name of section 14 (PEP 562)."""
+    if not name.startswith("__") and name in vars(_lazy()):
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __version__ = "0.1.0"
@@ -2364,7 +2390,7 @@ def review_status(text: str) -> str | None:
     return found[-1].lower() if found else None
 
 
-# == 8. Providers (HTTP, SSE streaming, mock) ================================
+# == 8. Providers (mock; the live ones are in section 14) =====================
 
 
 class Provider:
@@ -2432,6 +2458,1339 @@ class MockProvider(Provider):
         yield "usage", {}
 
 
+def make_provider(model: str | None, environ: dict[str, str], *, live: bool,
+                  role_text: str = "") -> Provider:
+    """The provider for `model`: the mock in mock mode, else the live client."""
+    if not live:
+        return MockProvider(model, environ, role_text)
+    if not model:
+        raise UsageError("no model set for this step", hint="set models.ROLE or --model")
+    provider = split_model(model)[0]
+    providers = _lazy().PROVIDERS
+    if provider not in providers:
+        raise UsageError(f"live calls to {provider} are not available in aethr {__version__}",
+                         hint="run without --live for a mock run")
+    return providers[provider](model, environ)
+
+
+# == 9. Backends (model, OpenCode) and artifacts ==============================
+
+
+def opencode_model(model: str | None) -> str | None:
+    """A model in OpenCode's form: `provider/model`; gemini and google become google."""
+    if not model:
+        return None
+    provider, name = model.split(":", 1) if ":" in model else ("", model)
+    provider = "google" if provider.strip().lower() in ("gemini", "google") else provider.strip()
+    return f"{provider}/{name.strip()}"
+
+
+#: Stream kinds a model step passes on as events -> the event's field for the value.
+_MODEL_EVENTS = {"text": "text", "reasoning": "text", "warning": "message"}
+
+
+class _Backend:
+    """Runs a step: `run(prompt, model, role_text, emit) -> (text, usage, artifact)`."""
+
+    def __init__(self, environ: dict[str, str], *, live: bool,
+                 project: Project | None = None) -> None:
+        self.environ = environ
+        self.live = live
+        self.project = project
+
+
+class ModelBackend(_Backend):
+    """Runs a model step: the prompt goes to a provider, the answer streams back."""
+
+    def run(self, prompt: Prompt, model: str | None, role_text: str,
+            emit: Callable[[dict], None]) -> tuple[str, dict, Artifact | None]:
+        """Returns (answer, usage, no artifact); emits text and warning events."""
+        provider = make_provider(model, self.environ, live=self.live, role_text=role_text)
+        parts, usage = [], {}
+        for kind, value in provider.stream(prompt, max_tokens=prompt.step.max_tokens):
+            if kind == "usage":
+                usage = value
+            elif kind in _MODEL_EVENTS:
+                if kind == "text":
+                    parts.append(value)
+                emit({"event": kind, "step": prompt.step.id, _MODEL_EVENTS[kind]: value})
+        return "".join(parts), usage, None
+
+
+class OpenCodeBackend(_Backend):
+    """Runs an implementation step with the OpenCode CLI (mock mode runs nothing)."""
+
+    def run(self, prompt: Prompt, model: str | None, role_text: str,
+            emit: Callable[[dict], None]) -> tuple[str, dict, Artifact | None]:
+        """Returns (OpenCode's final text, usage, the artifact of this step)."""
+        if self.live:
+            return _lazy().opencode_run(self.environ, self.project, prompt, model, emit)
+        who = opencode_model(model) or "OpenCode's default model"
+        text = (f"[mock] OpenCode was not run. In live mode it would carry out step "
+                f"'{prompt.step.id}' in the project with {who}, and the files it changed would "
+                "become this step's artifact.\nNo file was changed.\n")
+        rep = prompt.step.repeat
+        if rep and rep.until_contains is not None and not rep.until_review_pass:
+            text += f"\n{rep.until_contains}\n"
+        if _needs_status(prompt.step, role_text):
+            text += "\nReview status: pass\n"
+        emit({"event": "text", "step": prompt.step.id, "text": text})
+        return text, {}, Artifact(note="mock mode: OpenCode was not run")
+
+
+# == 10. Runner (steps, loops, events) ========================================
+
+
+class RunResult:
+    """The outcome of a completed run: verdict (pass | revise), step results, usage."""
+
+    __slots__ = ("verdict", "steps", "usage", "duration", "warnings")
+
+    def __init__(self, verdict: str, steps: list[StepResult], usage: dict, duration: float,
+                 warnings: list[str]) -> None:
+        self.verdict = verdict
+        self.steps = steps
+        self.usage = usage
+        self.duration = duration
+        self.warnings = warnings
+
+
+def _total_usage(results: list[StepResult]) -> dict:
+    total: dict = {}
+    for result in results:
+        for key, value in result.usage.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                total[key] = total.get(key, 0) + value
+    return total
+
+
+def step_target(step: Step, model: str | None, live: bool) -> str:
+    """What a step header says it calls: the live model, or `mock (would call …)`."""
+    if step.backend == "opencode":
+        who = f"opencode {opencode_model(model)}" if model else "opencode (its default model)"
+    elif model:
+        who = model
+    else:
+        return "no model set" if live else "mock (no model set)"
+    return who if live else f"mock (would call {who})"
+
+
+def _loop_verdict(step: Step, result: StepResult) -> tuple[bool, str | None]:
+    """(done?, warning) for a loop controller's answer (SPEC §8)."""
+    rep = step.repeat
+    if rep.until_contains is not None and not rep.until_review_pass:
+        return rep.until_contains in result.text, None
+    if result.review_status == "pass":
+        return True, None
+    if result.review_status is None:
+        return False, f"step '{step.id}' gave no 'Review status:' line; treating it as revise"
+    return False, None
+
+
+def _artifact_dict(art: Artifact | None, *, patch: bool = True) -> dict | None:
+    """An artifact as plain data; events leave the patch out (`patch=False`)."""
+    if art is None:
+        return None
+    data = {"files": [{"status": st, "path": p, "old_path": old} for st, p, old in art.files],
+            "stat": art.stat, "patch": art.patch, "note": art.note}
+    if not patch:
+        del data["patch"]
+    return data
+
+
+def result_dict(r: StepResult) -> dict:
+    """A step result as plain data (checkpoints, --json)."""
+    return {"step": r.step, "role": r.role, "backend": r.backend, "iteration": r.iteration,
+            "output": r.text, "review_status": r.review_status,
+            "artifact": _artifact_dict(r.artifact), "usage": r.usage, "duration": r.duration,
+            "model": r.model, "warnings": r.warnings}
+
+
+class _RunState:
+    """What a run has done so far: where it goes next and everything needed to resume."""
+
+    __slots__ = ("next", "results", "passes", "exhausted", "partial")
+
+    def __init__(self, resume: dict | None = None) -> None:
+        resume = resume or {}
+        self.next: int = resume.get("next_step", 0)
+        self.results = [_lazy().result_from(r) for r in resume.get("results", [])]
+        self.passes = {int(k): v for k, v in resume.get("loop_passes", {}).items()}
+        self.exhausted: bool = resume.get("loop_ran_out", False)
+        self.partial: list[str] = []
+
+    def latest(self) -> Artifact | None:
+        return next((r.artifact for r in reversed(self.results) if r.artifact is not None), None)
+
+    def checkpoint(self, step: Step | None) -> dict:
+        """The run's state where it stopped (SPEC §10; the CLI adds the rest).
+
+        `step` is the step that did not complete, if the run stopped inside one.
+        """
+        partial = None if step is None else {"step": step.id, "output": "".join(self.partial),
+                                             "incomplete": True}
+        return {"next_step": self.next, "results": [result_dict(r) for r in self.results],
+                "loop_passes": {str(k): v for k, v in self.passes.items()},
+                "loop_ran_out": self.exhausted, "partial": partial}
+
+
+def _workflow_ref(workflow: Workflow) -> dict:
+    """Where a workflow came from, and a hash of its text (checkpoints compare it)."""
+    import hashlib
+
+    return {"path": os.path.abspath(workflow.path) if workflow.path else None,
+            "preset": workflow.preset,
+            "sha256": hashlib.sha256(workflow.text.encode("utf-8")).hexdigest()}
+
+
+def _redact_data(obj: Any, secrets: list[str]) -> Any:
+    """Every string in `obj` redacted: before JSON escaping could hide a secret's text."""
+    if isinstance(obj, str):
+        return redact(obj, secrets)
+    if isinstance(obj, dict):
+        return {k: _redact_data(v, secrets) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_redact_data(v, secrets) for v in obj]
+    return obj
+
+
+def run_workflow(workflow: Workflow, task: str, *, root: str | Project = ".", live: bool = False,
+                 models: dict[str, str] | None = None, env: dict[str, str] | None = None,
+                 on_event: Callable[[dict], None] | None = None,
+                 resume: dict | None = None) -> RunResult:
+    """Run every step in order with its loops; prints nothing, writes no file.
+
+    `on_event` receives the run's events (run_start, step_start, text, warning,
+    step_end, run_end). A failing step raises StepFailed whose `.checkpoint` is the
+    checkpoint data (SPEC §10: task, mode, models, workflow, root, state), secrets
+    redacted; `resume=` takes it back. Ctrl-C leaves the same on the exception.
+    """
+    import time
+
+    environ = os.environ if env is None else env
+    emit = on_event or (lambda event: None)
+    project = root if isinstance(root, Project) else Project(os.fspath(root), environ)
+    overrides, steps = models or {}, workflow.steps
+    mode = "live" if live else "mock"
+    state = _RunState(resume["state"] if resume and "state" in resume else resume)
+    # AETHR_MODEL is an override too: the checkpoint keeps it, so a resume calls the same.
+    env_model = environ.get("AETHR_MODEL", "").strip()
+    saved_models = {**overrides, "*": overrides.get("*", env_model)} if env_model else overrides
+
+    def checkpoint(step: Step | None) -> dict:
+        return _redact_data({"aethr_checkpoint": 1, "aethr_version": __version__, "task": task,
+                             "mode": mode, "models": saved_models,
+                             "workflow": _workflow_ref(workflow), "root": project.root,
+                             "state": state.checkpoint(step)}, project.secrets)
+
+    started = time.monotonic()
+
+    def end(verdict: str, **extra: Any) -> None:
+        emit({"event": "run_end", "verdict": verdict, "mode": mode,
+              "steps_run": len(state.results), "usage": _total_usage(state.results),
+              "duration": time.monotonic() - started, **extra})
+
+    running: Step | None = None        # the step under way, for the checkpoint
+    try:
+        emit({"event": "run_start", "schema": 1, "workflow": workflow.name,
+              "source": workflow.source, "steps": [s.id for s in steps], "mode": mode})
+        # 1. One loop over the steps; a loop controller may send it back to `back_to`.
+        while state.next < len(steps):
+            running = step = steps[state.next]
+            state.partial = []
+            result = _run_step(workflow, task, step, state, project, overrides, live, emit)
+            running = None
+            emit({"event": "step_end", "step": step.id, "role": step.role,
+                  "iteration": result.iteration, "output": result.text, "usage": result.usage,
+                  "duration": result.duration, "review_status": result.review_status,
+                  "artifact": _artifact_dict(result.artifact, patch=False),
+                  "warnings": result.warnings})
+        # 4. The verdict: revise if a loop ran out, else the last review status given.
+        statuses = [r.review_status for r in state.results if r.review_status]
+        verdict = "revise" if state.exhausted else (statuses[-1] if statuses else "pass")
+        end(verdict)
+    except AethrError as exc:
+        failed = StepFailed(f"step '{running.id}' failed: {exc.message}" if running else
+                            exc.message, hint=exc.hint, step=running.id if running else "",
+                            checkpoint=checkpoint(running))
+        end("failed", error=failed.message)
+        raise failed from exc
+    except BaseException as exc:        # Ctrl-C, a closed stdout: keep what was done
+        exc.checkpoint = checkpoint(running)  # type: ignore[attr-defined]
+        if isinstance(exc, KeyboardInterrupt):
+            try:
+                end("interrupted")
+            except Exception:           # noqa: BLE001 (the interruption is what matters)
+                pass
+        raise
+    warnings = [w for r in state.results for w in r.warnings]
+    return RunResult(verdict, state.results, _total_usage(state.results),
+                     time.monotonic() - started, warnings)
+
+
+def _run_step(workflow: Workflow, task: str, step: Step, state: _RunState, project: Project,
+              overrides: dict[str, str], live: bool, emit: Callable[[dict], None]) -> StepResult:
+    """Run one step, record it in `state` and decide where the run goes next."""
+    import time
+
+    i = step.index
+    ctl = workflow.controller_of(i)
+    iteration = state.passes.get(ctl.index, 0) + 1 if ctl else 1
+    model = resolve_model(workflow, step, overrides, project.environ)
+    emit({"event": "step_start", "step": step.id, "role": step.role, "number": i + 1,
+          "total": len(workflow.steps), "model": model, "backend": step.backend,
+          "where": step_target(step, model, live), "iteration": iteration,
+          "max_iterations": ctl.repeat.max_iterations if ctl else None})
+    warnings: list[str] = []
+
+    def step_emit(event: dict) -> None:
+        if event["event"] == "warning":
+            warnings.append(event["message"])
+        elif event["event"] == "text":
+            state.partial.append(event["text"])
+        emit(event)
+
+    t0 = time.monotonic()
+    # 2. Context is collected each time a step runs: the tree as it is now.
+    prompt = build_prompt(workflow, task, step, iteration=iteration, history=state.results,
+                          blocks=collect_context(step, project, state.latest()),
+                          secrets=project.secrets)
+    backend = (OpenCodeBackend if step.backend == "opencode" else ModelBackend)(
+        project.environ, live=live, project=project)
+    text, usage, artifact = backend.run(prompt, model, workflow.roles.get(step.role, ""),
+                                        step_emit)
+    result = StepResult(step=step.id, role=step.role, backend=step.backend,
+                        iteration=iteration, text=text, review_status=review_status(text),
+                        artifact=artifact, usage=usage, model=model,
+                        duration=time.monotonic() - t0, warnings=warnings)
+    # 3. A loop controller decides: go on, go back, or give up with a warning.
+    again = False
+    if step.repeat:
+        passes = state.passes[i] = state.passes.get(i, 0) + 1
+        done, warning = _loop_verdict(step, result)
+        if warning:
+            step_emit({"event": "warning", "step": step.id, "message": warning})
+        again = not done and passes < step.repeat.max_iterations
+        if not done and not again:
+            state.exhausted = True
+            step_emit({"event": "warning", "step": step.id, "message":
+                       f"step '{step.id}' did not pass after "
+                       f"{_plural(step.repeat.max_iterations, 'iteration')}; continuing, "
+                       "and the verdict is revise"})
+    state.results.append(result)
+    state.next = workflow.step_index(step.repeat.back_to) if again else i + 1
+    return result
+
+
+def render_prompts(workflow: Workflow, task: str, project: Project, *,
+                   models: dict[str, str] | None = None, resume: dict | None = None
+                   ) -> Iterator[tuple[Step, str | None, Prompt]]:
+    """Every step's prompt as it would be sent, each step once (for --show-prompt).
+
+    With `resume` (a checkpoint), only the remaining steps, with the real earlier results.
+    """
+    state = _RunState(resume)
+    pending: list[str] = []
+    implementer = None
+    for step in workflow.steps[state.next:]:
+        model = resolve_model(workflow, step, models, project.environ)
+        latest: Artifact | str | None = state.latest() if implementer is None else (
+            f"the artifact of step '{implementer}' appears here when the run happens")
+        blocks = collect_context(step, project, latest)
+        ctl = workflow.controller_of(step.index)
+        iteration = state.passes.get(ctl.index, 0) + 1 if ctl else 1
+        yield step, model, build_prompt(workflow, task, step, iteration=iteration,
+                                        history=state.results, blocks=blocks,
+                                        pending=list(pending), secrets=project.secrets)
+        pending.append(f"{step.id} ({step.role})")
+        if step.backend == "opencode":
+            implementer = step.id
+
+
+# == 11. Environment ==========================================================
+
+
+def env_bool(environ: dict[str, str], name: str) -> bool:
+    """The one boolean parser (SPEC §2): 1/true/yes/on, 0/false/no/off/empty; else an error."""
+    value = environ.get(name, "").strip().lower()
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    if value in ("1", "true", "yes", "on"):
+        return True
+    raise UsageError(f"{name} must be a boolean, not {environ[name]!r}",
+                     hint="use 1, true, yes or on; or 0, false, no or off")
+
+
+def wants_live(flag: bool, overrides: dict[str, str], environ: dict[str, str]) -> bool:
+    """Live mode (SPEC §2): --live, a true AETHR_LIVE, or a non-empty model override."""
+    # env_bool comes first: a bad AETHR_LIVE is an error even with --live.
+    return env_bool(environ, "AETHR_LIVE") or flag or bool(overrides) or bool(
+        environ.get("AETHR_MODEL", "").strip())
+
+
+#: Where `aethr auth login PROVIDER` keeps each provider's key.
+AUTH_VARS = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY",
+             "gemini": "GOOGLE_API_KEY", "google": "GOOGLE_API_KEY",
+             "openrouter": "OPENROUTER_API_KEY", "xai": "XAI_API_KEY"}
+_DOTENV_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", '"': '"', "\\": "\\", "$": "$"}
+
+
+class Env(dict):
+    """The environment a run sees: the process's, plus the project's .env (`.dotenv` names)."""
+
+    def __init__(self, base: dict[str, str]) -> None:
+        super().__init__(base)
+        self.dotenv: set[str] = set()
+
+
+def parse_dotenv(text: str) -> tuple[dict[str, str], list[int]]:
+    """`.env` text -> (variables, numbers of the lines that are not KEY=VALUE)."""
+    values: dict[str, str] = {}
+    bad: list[int] = []
+    # Only real line breaks count (str.splitlines() also breaks at U+2028 and friends).
+    for number, line in enumerate(text.lstrip("\ufeff").split("\n"), 1):
+        line = line.rstrip("\r")
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        found = _dotenv_line(line)
+        value = _dotenv_value(found[1]) if found else None
+        if value is None:
+            bad.append(number)
+        else:
+            values[found[0]] = value
+    return values, bad
+
+
+def _dotenv_line(line: str) -> tuple[str, str] | None:
+    """`[export ]KEY=VALUE`, spaces and tabs allowed around each part: (KEY, raw VALUE)."""
+    rest = line.lstrip(" \t")
+    tries = [rest]
+    if rest.startswith(("export ", "export\t")):   # "export =1" sets a variable named export
+        tries.insert(0, rest[7:].lstrip(" \t"))
+    for text in tries:
+        name, eq, raw = text.partition("=")
+        name = name.rstrip(" \t")
+        if eq and name.isascii() and name.isidentifier():
+            return name, raw.lstrip(" \t")
+    return None
+
+
+def _dotenv_value(raw: str) -> str | None:
+    quote = raw[:1]
+    if quote not in ("'", '"'):
+        cuts = [k for k in (raw.find(" #"), raw.find("\t#")) if k >= 0]
+        return raw[:min(cuts, default=len(raw))].strip()
+    # Quoted: up to the closing quote, then nothing but a comment. Only "…" has escapes.
+    out, i = [], 1
+    while i < len(raw) and raw[i] != quote:
+        if quote == '"' and raw[i] == "\\" and i + 1 < len(raw):
+            i += 1                      # an escape: the next character, translated
+            out.append(_DOTENV_ESCAPES.get(raw[i], "\\" + raw[i]))
+        else:
+            out.append(raw[i])
+        i += 1
+    rest = raw[i + 1:].strip()
+    return "".join(out) if i < len(raw) and (not rest or rest.startswith("#")) else None
+
+
+def dotenv_tracked(project: Project) -> bool:
+    """Whether git tracks the project's .env (then it is neither loaded nor written)."""
+    return bool(project.top) and bool(_git(["ls-files", "-z", "--", ".env"], project.root,
+                                           project.environ, check=False)[0])
+
+
+def load_dotenv(project: Project) -> tuple[Env, list[str]]:
+    """The project's `.env` merged under the environment (SPEC §11): (env, warnings)."""
+    env = Env(project.environ)
+    path = os.path.join(project.root, ".env")
+    if not os.path.isfile(path):
+        return env, []
+    if dotenv_tracked(project):
+        return env, [".env is tracked by git, so it was not loaded: a committed .env could "
+                     "point a base URL elsewhere and receive your key (git rm --cached .env)"]
+    try:
+        with open(path, encoding="utf-8") as f:
+            values, bad = parse_dotenv(f.read())
+    except (OSError, UnicodeDecodeError) as exc:
+        return env, [f"cannot read .env, so it was not loaded: {exc}"]
+    for name, value in values.items():
+        if not env.get(name):           # variables already set in the environment win
+            env[name] = value
+            env.dotenv.add(name)
+    return env, [f"{_relative(path)}:{n}: not KEY=VALUE; the line was ignored" for n in bad]
+
+
+# == 12. Commands and CLI =====================================================
+
+_TASK_TEMPLATE = (
+    "",
+    "# Write the task for this aethr run above these lines, then save and close the file.",
+    "# These two template lines are removed; an empty task aborts the run.",
+)
+
+
+class _Exit(Exception):
+    """argparse wants to exit (help, version, usage error): unwinds to main()."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+#: What the fast path knows of `run` and `check`: their options by kind ("flag", "value",
+#: "append") and their positional ("*": any number of words, or None). build_parser is the
+#: definition; a test holds this table to it.
+_QUICK = {
+    "run": ({"--show-prompt": "flag", "--live": "flag", "--workflow": "value",
+             "--preset": "value", "--model": "append", "--json": "flag", "--verbose": "flag",
+             "--resume-checkpoint": "value", "--force": "flag"}, "task"),
+    "check": ({"--workflow": "value", "--preset": "value", "--live": "flag"}, None),
+}
+
+
+class _Args:
+    """The fast path's result: the attributes argparse's Namespace would have."""
+
+    def __init__(self, **kw: Any) -> None:
+        self.__dict__.update(kw)
+
+
+def _quick_args(argv: list[str]) -> _Args | None:
+    """Parse a plain `run` or `check` command line without argparse, whose import and parser
+    cost more than the rest of `aethr run --show-prompt` (SPEC §12).
+
+    None for anything else (help, '--', a word or value starting with '-', an unknown option,
+    --workflow with --preset): argparse then parses it, and judges it.
+    """
+    i = 0
+    while i < len(argv) and argv[i] == "--no-color":
+        i += 1
+    if i == len(argv) or argv[i] not in _QUICK or "--" in argv:
+        return None
+    options, positional = _QUICK[argv[i]]
+    options = {**options, "--no-color": "flag"}
+    dests = {option: option[2:].replace("-", "_") for option in options}
+    args = {"command": argv[i], "func": globals()["cmd_" + argv[i]]}
+    for option, kind in options.items():
+        args[dests[option]] = [] if kind == "append" else (False if kind == "flag" else None)
+    rest: list[str] = []
+    it = iter(argv[i + 1:])
+    for word in it:
+        if not word.startswith("-") or word == "-":
+            rest.append(word)
+            continue
+        option, eq, value = word.partition("=")
+        kind = options.get(option)
+        if kind is None or (kind == "flag" and eq):
+            return None
+        dest = dests[option]
+        if kind == "flag":
+            args[dest] = True
+            continue
+        if not eq:
+            value = next(it, "-")
+            if value.startswith("-"):
+                return None
+        if kind == "append":
+            args[dest].append(value)
+        else:
+            args[dest] = value
+    if (rest and not positional) or (args["workflow"] is not None and args["preset"] is not None):
+        return None
+    if positional:
+        args[positional] = rest
+    args["no_color"] = args["no_color"] or i > 0
+    return _Args(**args)
+
+
+def _parse_args(argv: list[str], term: Term) -> argparse.Namespace:
+    term.no_color = "--no-color" in argv[:argv.index("--") if "--" in argv else len(argv)]
+    quick = _quick_args(argv)
+    if quick is not None:
+        return quick
+    top, subs = _lazy().build_parser(term)
+    i = 0
+    while i < len(argv) and argv[i] == "--no-color":
+        i += 1
+    if i == len(argv):
+        top.print_help(sys.stderr)
+        raise _Exit(2)
+    if argv[i] not in subs:
+        return top.parse_args(argv)     # --help, --version, or a usage error
+    name, rest = argv[i], argv[i + 1:]
+    if name == "run":
+        # Options anywhere (SPEC §2): intermixed parsing; '--' ends the options for good.
+        cut = rest.index("--") if "--" in rest else len(rest)
+        args = subs[name].parse_intermixed_args(rest[:cut])
+        args.task = args.task + rest[cut + 1:]
+    else:
+        args = subs[name].parse_args(rest)
+    args.command = name
+    args.no_color = args.no_color or i > 0
+    return args
+
+
+def _model_flags(values: list[str]) -> dict[str, str]:
+    """--model MODEL / --model ROLE=MODEL -> {"*": MODEL, ROLE: MODEL}."""
+    out: dict[str, str] = {}
+    for value in values:
+        role, eq, model = value.partition("=")
+        if not eq or ":" in role:
+            role, model = "*", value
+        role, model = role.strip(), model.strip()
+        if not role or not all(split_model(model)):
+            raise UsageError(f"--model {value!r}: expected MODEL or ROLE=MODEL, with MODEL as "
+                             "provider:model", hint="for example --model openai:gpt-5.5 or "
+                             "--model reviewer=anthropic:claude-sonnet-5")
+        out[role] = model
+    return out
+
+
+def _check_overrides(overrides: dict[str, str], workflow: Workflow, environ: dict[str, str]
+                     ) -> None:
+    """--model ROLE= must name a role; an override's provider must be known (SPEC §2, §3)."""
+    for role in overrides:
+        if role != "*" and role not in workflow.roles:
+            raise UsageError(f"--model {role}=…: {workflow.source} has no role {role!r}",
+                             hint=_did_you_mean(role, workflow.roles)
+                             or "roles: " + ", ".join(workflow.roles))
+    env_model = environ.get("AETHR_MODEL", "").strip()
+    if env_model and not all(split_model(env_model)):
+        raise UsageError(f"AETHR_MODEL={env_model!r} is not provider:model",
+                         hint="for example AETHR_MODEL=openai:gpt-5.5")
+    # OpenCode takes any provider id (SPEC §7): only model steps are checked.
+    for step in workflow.steps:
+        model = overrides.get(step.role) or overrides.get("*") or env_model
+        provider = split_model(model)[0]
+        if step.backend == "model" and model and provider not in PROVIDER_KEYS:
+            where = ("AETHR_MODEL" if model == env_model and not overrides else "--model")
+            raise UsageError(f"{where}: unknown provider {provider!r} in model {model!r}",
+                             hint=_did_you_mean(provider, PROVIDER_KEYS)
+                             or "providers: " + ", ".join(PROVIDER_KEYS))
+
+
+def _find_root(args: argparse.Namespace, term: Term
+               ) -> tuple[str, tuple[str | None, str | None, str | None], str | None]:
+    """(project root, git probe, the .aethr.yaml found or None), per SPEC §2."""
+    try:
+        cwd = os.getcwd()
+    except FileNotFoundError:
+        raise UsageError("the current directory no longer exists",
+                         hint="cd to an existing directory and run again") from None
+    probe = git_probe(cwd, term.environ)
+    top = probe[0]
+    if getattr(args, "workflow", None) or getattr(args, "preset", None):
+        return top or cwd, probe, None
+    here = cwd
+    while True:
+        candidate = os.path.join(here, WORKFLOW_FILE)
+        if os.path.lexists(candidate):
+            return here, probe, candidate
+        wrong = os.path.join(here, ".aethr.yml")
+        if os.path.lexists(wrong):
+            raise ConfigError(f"found {_relative(wrong)}, but aethr reads {WORKFLOW_FILE}",
+                              hint=f"rename it: mv {_relative(wrong)} {_relative(candidate)}")
+        parent = os.path.dirname(here)
+        if top is None or os.path.normcase(here) == os.path.normcase(top) or parent == here:
+            return top or cwd, probe, None
+        here = parent
+
+
+def _open_project(args: argparse.Namespace | None, term: Term, root: str | None = None
+                  ) -> tuple[Project, str | None]:
+    """The project (with its .env loaded, SPEC §11) and the .aethr.yaml found, if any."""
+    if root is None:
+        root, probe, found = _find_root(args, term)
+    else:
+        probe, found = git_probe(root, term.environ), None
+    project = Project(root, term.environ, probe)
+    env, warnings = load_dotenv(project)
+    for warning in warnings:
+        term.warn(warning)
+    project.environ, project.secrets = env, secret_values(env)
+    term.debug = env_bool(env, "AETHR_DEBUG")        # .env may set it too
+    return project, found
+
+
+def _locate(args: argparse.Namespace, term: Term) -> tuple[Project, Workflow]:
+    """The project and its workflow: --workflow, --preset, .aethr.yaml, or the default preset."""
+    project, found = _open_project(args, term)
+    if args.workflow:
+        return project, load_workflow(args.workflow)
+    if args.preset:
+        return project, load_workflow(preset=args.preset)
+    if found:
+        return project, load_workflow(_relative(found))
+    term.note(f"no {WORKFLOW_FILE} found; using the built-in {DEFAULT_PRESET} preset "
+              "(aethr init --list shows the others)")
+    return project, load_workflow(preset=DEFAULT_PRESET)
+
+
+def preflight(workflow: Workflow, project: Project, *, live: bool = False,
+              overrides: dict[str, str] | None = None) -> None:
+    """Check what the run will need before the first step (SPEC §2); exit 2 on problems.
+
+    Always: every git_diff:REV resolves. Live mode: every model step has a model, a known
+    provider and its key; OpenCode steps have the opencode binary and a git repository.
+    """
+    problems: list[tuple[str, int, int, str, str | None]] = []
+    display = workflow.path or f"preset:{workflow.preset}"
+    if live:
+        problems += _lazy()._live_problems(workflow, project, overrides or {}, display)
+    for step in workflow.steps:
+        for j, source in enumerate(step.context):
+            if not source.startswith("git_diff:"):
+                continue
+            rev = source.partition(":")[2].strip()
+            line, column = workflow.marks.get(("steps", step.index, "context", j), (1, 1))
+            why = None
+            if not project.top:
+                why = f"{source} needs a git repository; {project.root} is not in one"
+            elif not project.head:
+                why = f"{source} needs a commit on the current branch"
+            elif project.git("rev-parse", "--verify", "-q", rev + "^{commit}",
+                             check=False) == "":
+                why = f"{source}: unknown revision {rev!r}"
+            elif _git(["merge-base", rev, "HEAD"], project.top, project.environ,
+                      check=False)[2] != 0:
+                why = f"{source}: {rev!r} has no common ancestor with HEAD"
+            if why:
+                problems.append((display, line, column, why,
+                                 "check the name, or fetch it first (git fetch)"
+                                 if "unknown" in why else None))
+    if problems:
+        problems.sort(key=lambda p: (p[1], p[2]))
+        raise ConfigError(f"{_plural(len(problems), 'problem')} in {display}; nothing was run",
+                          problems=problems)
+
+
+def _read_task(args: argparse.Namespace, term: Term) -> str:
+    if args.task == ["-"]:
+        try:
+            text = term.inp.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"cannot read the task from standard input: {exc}") from None
+    elif args.task:
+        text = " ".join(args.task)
+    else:
+        text = _lazy()._task_from_editor(term)
+    if not text.strip():
+        raise UsageError("the task is empty; nothing was run",
+                         hint='aethr run "what you want done"')
+    # Bytes that are not UTF-8 (in argv or on stdin) become U+FFFD, never a crash.
+    return printable(text.strip())
+
+
+def _show_prompts(workflow: Workflow, task: str, project: Project, overrides: dict[str, str],
+                  live: bool, term: Term, resume: dict | None = None) -> int:
+    for step in workflow.steps:
+        for source in step.context:
+            if source.startswith("cmd:"):
+                term.note(f"--show-prompt runs the cmd: context of step '{step.id}': "
+                          f"{source[4:].strip()}")
+    total = len(workflow.steps)
+    for step, model, prompt in render_prompts(workflow, task, project, models=overrides,
+                                              resume=resume):
+        term.write(f"=== step {step.index + 1}/{total}: {step.id} ({step.role}) -> "
+                   f"{step_target(step, model, live)} ===\n")
+        ctl = workflow.controller_of(step.index)
+        if ctl is not None:
+            term.write(f"(in a loop back to '{ctl.repeat.back_to}', at most "
+                       f"{_plural(ctl.repeat.max_iterations, 'pass', 'passes')}: shown once, "
+                       "as the first iteration)\n")
+        term.write(f"--- system ---\n{prompt.system}--- user ---\n{prompt.user}\n")
+    term.status("aethr: --show-prompt printed the prompts; no model or OpenCode was called")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace, term: Term) -> int:
+    """aethr run: locate and validate the workflow, preflight, then run it."""
+    if args.resume_checkpoint:
+        return _lazy()._resume(args, term)
+    if args.force:
+        raise UsageError("--force goes with --resume-checkpoint")
+    overrides = _model_flags(args.model)
+    env_bool(term.environ, "AETHR_LIVE")        # a bad value fails before anything else
+    project, workflow = _locate(args, term)
+    # .env is loaded by now, so it may set AETHR_LIVE (SPEC §11).
+    live = wants_live(args.live, overrides, project.environ)
+    _check_overrides(overrides, workflow, project.environ)
+    preflight(workflow, project, live=live and not args.show_prompt, overrides=overrides)
+    task = _read_task(args, term)
+    if args.show_prompt:
+        return _show_prompts(workflow, task, project, overrides, live, term)
+    # run_workflow builds the checkpoint itself (AETHR_MODEL folded in as an override).
+    saved = {"task": task, "mode": "live" if live else "mock", "models": overrides}
+    result = _run_saving(args, term, workflow, project, saved, None)
+    if (args.preset or args.model) and workflow.preset and not args.json:
+        _lazy()._promote(workflow.preset, args.model, live, project.root, term)
+    return 1 if result.verdict == "revise" else 0
+
+
+def _run_saving(args: argparse.Namespace, term: Term, workflow: Workflow, project: Project,
+                saved: dict, path: str | None) -> RunResult:
+    """Run; when a step fails or the run is stopped, write the checkpoint (SPEC §10)."""
+    view = JsonView(term) if args.json else TermView(term)
+    if args.verbose:
+        term.status(f"aethr: root {project.root}; workflow {workflow.source}; mode "
+                    f"{saved['mode']}")
+    try:
+        return run_workflow(workflow, saved["task"], root=project, live=saved["mode"] == "live",
+                            models=saved["models"], env=project.environ, on_event=view,
+                            resume=saved if "state" in saved else None)
+    except (StepFailed, KeyboardInterrupt, BrokenPipeError) as exc:
+        data = getattr(exc, "checkpoint", None)
+        if data is not None:
+            exc.checkpoint_path = _lazy()._write_checkpoint(  # type: ignore[union-attr]
+                data, path, term, verbose=args.verbose,
+                json_view=view if args.json else None)
+        raise
+
+
+def _resume_line(exc: BaseException, term: Term) -> None:
+    path = getattr(exc, "checkpoint_path", None)
+    if path:
+        import shlex
+
+        term.status(f"aethr: to resume: aethr run --resume-checkpoint {shlex.quote(path)}")
+
+
+def _preset_description(text: str) -> str:
+    # A plain scan, not a regex: `init --list` must not import re (SPEC §12).
+    for line in text.split("\n"):
+        if line.startswith("description:"):
+            return line[len("description:"):].strip().strip("'\"")
+    return ""
+
+
+def _list_presets(stream: Any) -> None:
+    width = max(map(len, PRESETS))
+    for name in sorted(PRESETS):
+        stream.write(f"  {name:<{width}}  {_preset_description(PRESETS[name])}\n")
+    stream.flush()
+
+
+def cmd_init(args: argparse.Namespace, term: Term) -> int:
+    """aethr init: write .aethr.yaml from a preset."""
+    if args.list:
+        _list_presets(term.out)
+        return 0
+    if not args.preset:
+        term.status("presets:")
+        _list_presets(term.err)
+        raise UsageError("no preset given", hint="pick one: aethr init NAME, for example "
+                         "aethr init plan-implement-review")
+    if args.preset not in PRESETS:
+        raise UsageError(f"unknown preset {args.preset!r}",
+                         hint=_did_you_mean(args.preset, PRESETS) or "aethr init --list shows "
+                         "the presets")
+    target = WORKFLOW_FILE
+    if os.path.isdir(target):
+        raise UsageError(f"{target} is a directory; nothing was written")
+    if os.path.lexists(target) and not args.force:
+        raise UsageError(f"{target} already exists; it was left as it is",
+                         hint="use --force to overwrite it")
+    text = PRESETS[args.preset]
+    overrides = _model_flags(args.model)
+    if overrides:
+        _check_overrides(overrides, load_workflow(preset=args.preset), {})
+        text = _lazy().pin_models(text, overrides)
+        load_workflow(WORKFLOW_FILE, text=text)
+    try:
+        with open(target, "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+    except OSError as exc:
+        raise UsageError(f"cannot write {target}: {exc.strerror or exc}") from None
+    term.status(f"aethr: wrote {target} from preset {args.preset}")
+    term.status('aethr: next: aethr check, then aethr run "your task" (mock mode calls no model)')
+    return 0
+
+
+def _check_summary(workflow: Workflow, project: Project, live: bool) -> list[str]:
+    rows = []
+    for step in workflow.steps:
+        model = resolve_model(workflow, step, {}, project.environ)
+        target = step_target(step, model, live=True)
+        extra = ", ".join(step.context) or "no context"
+        if step.history_visibility != "all":
+            extra += f"; history {step.history_visibility}"
+        rows.append((f"{step.index + 1}.", step.id, step.role, target, extra, step))
+    widths = [max(len(r[k]) for r in rows) for k in range(4)]
+    out = [f"workflow  {workflow.name} ({workflow.source})"]
+    if workflow.description:
+        out.append(f"          {workflow.description.strip()}")
+    out += [f"root      {project.root}",
+            "mode      " + ("live: each model step calls its model" if live else
+                             "mock: no model is called (the default; --live calls them)"),
+            f"steps     {len(rows)}"]
+    for *cols, extra, step in rows:
+        cells = "  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True))
+        out.append(f"  {cells}  {extra}")
+        if step.repeat:
+            until = ("the review status is pass" if step.repeat.until_review_pass
+                     else f"the answer contains {step.repeat.until_contains!r}")
+            out.append(" " * (4 + widths[0]) + f"repeat: back to {step.repeat.back_to} until "
+                       f"{until}, at most {_plural(step.repeat.max_iterations, 'pass', 'passes')}")
+    return out
+
+
+def cmd_check(args: argparse.Namespace, term: Term) -> int:
+    """aethr check: validate the workflow and print a one-screen summary."""
+    project, workflow = _locate(args, term)
+    live = wants_live(args.live, {}, project.environ)
+    _check_overrides({}, workflow, project.environ)
+    preflight(workflow, project, live=args.live)
+    for line in _check_summary(workflow, project, live):
+        term.write(line + "\n")
+    term.status(f"aethr: {workflow.source} is valid")
+    return 0
+
+
+def cmd_version(args: argparse.Namespace, term: Term) -> int:
+    """aethr version: `aethr X.Y.Z`."""
+    term.write(f"aethr {__version__}\n")
+    return 0
+
+
+def _setup_streams() -> None:
+    # A closed standard descriptor (`2>&-`) becomes /dev/null, as git does: what is written to
+    # it is dropped instead of failing the run, and no pipe or file aethr opens can land on it.
+    for fd, name in enumerate(("stdin", "stdout", "stderr")):
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.set_inheritable(os.open(os.devnull, os.O_RDWR), True)  # the lowest free: fd
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(fd, "r" if fd == 0 else "w", encoding="utf-8",
+                                    errors="replace", closefd=False))
+    # A redirected stdout is written as UTF-8 (SPEC §1); a console whose encoding cannot
+    # show a character gets a replacement instead of a crash (cp1252).
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream.isatty():
+                stream.reconfigure(errors="replace")
+            else:
+                stream.reconfigure(encoding="utf-8", errors="replace")
+        except (AttributeError, ValueError, OSError):
+            pass
+
+
+def main(argv: list[str] | None = None, term: Term | None = None) -> int:
+    """The command line: returns the exit status (SPEC §2)."""
+    if term is None:
+        _setup_streams()
+        term = Term()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        # `version` and `init --list` answer before argparse is even imported (SPEC §12).
+        words = [a for a in argv if a != "--no-color"]
+        if words in (["version"], ["--version"]):
+            term.write(f"aethr {__version__}\n")
+            return 0
+        if words == ["init", "--list"]:
+            _list_presets(term.out)
+            return 0
+        args = _parse_args(argv, term)
+        term.no_color = args.no_color
+        term.debug = env_bool(term.environ, "AETHR_DEBUG")
+        return args.func(args, term)
+    except _Exit as exc:
+        return exc.status
+    except AethrError as exc:
+        term.error(exc, traceback=term.debug)
+        _resume_line(exc, term)
+        return exc.exit_code
+    except KeyboardInterrupt as exc:
+        term.status("aethr: interrupted")
+        _resume_line(exc, term)
+        return 130
+    except BrokenPipeError as exc:
+        # `aethr run … | head -1`: stop quietly; keep Python from complaining at exit.
+        if term.out is sys.stdout:
+            try:
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            except (OSError, ValueError):
+                pass
+        _resume_line(exc, term)
+        return 141
+    except Exception:
+        term.bug()
+        return 70
+
+
+# == 13. Built-in data (presets) ==============================================
+
+# BEGIN PRESETS (generated by make presets from presets/*.yaml; do not edit)
+PRESETS = {
+    "add-tests": (
+        "# Find behaviour that the tests do not cover yet, write tests for it with OpenCode, then\n"
+        "# review the new tests (with a fresh test run) until the reviewer passes them.\n"
+        "#\n"
+        "# Adapt the globs and the test command to your project's layout and test runner.\n"
+        "workflow: add-tests\n"
+        "description: Find untested behaviour, write tests with OpenCode, review them\n"
+        "roles:\n"
+        "  analyst: |\n"
+        "    You find behaviour that the existing tests do not cover. Do not write the tests.\n"
+        "    Compare the code in the context (and the uncommitted diff, if any) with the tests.\n"
+        "    List the gaps, most valuable first, at most ten. For each give:\n"
+        "    - the function or code path (path:line) and the behaviour to pin down;\n"
+        "    - the cases to test: normal input, edge cases, errors, and any bug you suspect;\n"
+        "    - which existing test file it belongs in, following the suite's conventions.\n"
+        "    Prefer behaviour a user relies on and code that changed recently over trivia.\n"
+        "    Do not propose tests of private details that would break on a harmless refactor.\n"
+        "  test_writer: |\n"
+        "    You add tests to the working tree for the gaps listed by the analyst.\n"
+        "    Follow the existing suite: its framework, fixtures, file layout and naming.\n"
+        "    Each test checks one behaviour and has a name that says which. Assert on results,\n"
+        "    not on implementation details; no sleeps, no network, no dependence on test order.\n"
+        "    Do not change the code under test. If a test exposes a real bug, keep the test,\n"
+        "    mark it as an expected failure the way the suite does, and report the bug.\n"
+        "    If a reviewer has listed findings, fix the high and medium ones first.\n"
+        "    Run the new tests, then the whole suite. Reply with a short summary: the tests you\n"
+        "    added, the results, and any bug you found.\n"
+        "  reviewer: |\n"
+        "    You review newly added tests: their diff is in the history, a fresh test run in\n"
+        "    the context.\n"
+        "    Check: that each test would fail if the behaviour it names broke (no assertion-free\n"
+        "    or tautological tests, no mocks that replace the code under test); that the listed\n"
+        "    gaps are covered; that tests are deterministic and independent; that they follow the\n"
+        "    suite's conventions; that the code under test was not changed; that the run passes.\n"
+        "    List each finding on its own line as:\n"
+        "    - [high|medium|low] path:line: the problem, and the fix you suggest\n"
+        "    high: a failing or flaky test, a test that cannot fail, or changed production code.\n"
+        "    medium: a listed gap left uncovered, a missing edge case, or a brittle assertion.\n"
+        "    low: naming, style, duplication or small simplifications.\n"
+        '    Write "No findings." when there are none.\n'
+        "    Finish with a last line that is exactly one of these two, with nothing after it:\n"
+        "    Review status: pass\n"
+        "    Review status: revise\n"
+        "    Use pass only when there are no high and no medium findings; otherwise use revise.\n"
+        "models:\n"
+        "  default: openai:gpt-5.4-mini      # roles without an entry (here the test_writer)\n"
+        "  analyst: openai:gpt-5.5\n"
+        "  reviewer: openai:gpt-5.5\n"
+        "steps:\n"
+        "  - id: find-gaps\n"
+        "    role: analyst\n"
+        "    context: [git_diff, glob:src/**/*.py, glob:*.py, glob:tests/**/*.py]\n"
+        "  - id: write-tests\n"
+        "    role: test_writer\n"
+        "    backend: opencode\n"
+        "  - id: review\n"
+        "    role: reviewer\n"
+        "    # The history (default: all) holds the analyst's list and the newest test diff\n"
+        "    # with its patch, so latest_diff would only repeat it.\n"
+        '    context: ["cmd:python3 -m pytest -q"]\n'
+        "    repeat:\n"
+        "      back_to: write-tests\n"
+        "      until_review_pass: true\n"
+        "      max_iterations: 3\n"
+    ),
+    "custom": (
+        "# A starting point for your own workflow. Every key is shown once; delete what you do\n"
+        "# not need. `aethr check` validates this file and summarises it; `aethr run\n"
+        '# --show-prompt "TASK"` prints each step\'s prompt without calling a model.\n'
+        "#\n"
+        "# A run is: task + these steps, in order. Each step sees only the task, what\n"
+        "# history_visibility lets through from earlier steps, and the context it lists.\n"
+        "\n"
+        "# Name shown in the output.\n"
+        "workflow: custom\n"
+        "# One line, shown by `aethr init --list`.\n"
+        "description: A commented starting point showing every key\n"
+        "# Role name -> instruction (the system prompt of every step with that role).\n"
+        "roles:\n"
+        "  worker: |\n"
+        "    Do the task in the working tree. Keep the change small and focused, follow the\n"
+        "    code's existing conventions, and add or update tests for what you change. If a\n"
+        "    reviewer has listed findings, fix the high and medium ones first. Reply with a\n"
+        "    short summary of what you changed and how you checked it.\n"
+        "  reviewer: |\n"
+        "    Review the latest change against the task. List each finding on its own line as:\n"
+        "    - [high|medium|low] path:line: the problem, and the fix you suggest\n"
+        "    high: a bug, a security hole, or part of the task left undone.\n"
+        "    medium: a missing test, an unhandled edge case, or a maintenance problem.\n"
+        "    low: naming, style, wording or small simplifications.\n"
+        '    Write "No findings." when there are none.\n'
+        "    Finish with a last line that is exactly one of these two, with nothing after it:\n"
+        "    Review status: pass\n"
+        "    Review status: revise\n"
+        "    Use pass only when there are no high and no medium findings; otherwise use revise.\n"
+        "# Role name -> model as provider:model (openai, anthropic, gemini, openrouter, xai,\n"
+        '# ollama). "default" covers roles without an entry. `--model` and AETHR_MODEL override.\n'
+        "models:\n"
+        "  default: openai:gpt-5.4-mini\n"
+        "  worker: openai:gpt-5.5\n"
+        "steps:\n"
+        "  - id: work                      # unique step id, used by repeat.back_to\n"
+        "    role: worker                  # a key of roles\n"
+        "    backend: opencode             # model (default, one model call) | opencode (edits)\n"
+        "    unsafe_permissions: false     # opencode only: true skips OpenCode's permission asks\n"
+        "    timeout: 1800                 # seconds before the step is stopped (default 1800)\n"
+        "    # Context sources, shown in this order: git_diff, git_diff:REV, latest_diff,\n"
+        "    # file:PATH, glob:PATTERN, cmd:COMMAND (a shell command run in the project root;\n"
+        '    # quote an entry that holds ": ", " #" or a comma).\n'
+        "    context: [git_diff, file:README.md]\n"
+        "  - id: review\n"
+        "    role: reviewer\n"
+        "    model: openai:gpt-5.5         # this step only; wins over models.reviewer\n"
+        "    max_tokens: 4096              # model steps only: cap on the answer's length\n"
+        "    history_visibility: latest    # all (default) | latest | summary | none\n"
+        "    context: [latest_diff]\n"
+        "    repeat:                       # after this step, maybe go back\n"
+        "      back_to: work               # first step of the repeated slice (this or earlier)\n"
+        '      until_review_pass: true     # stop at "Review status: pass"\n'
+        '      # until_contains: "DONE"    # or: stop once the answer contains this text\n'
+        "      max_iterations: 3           # passes through the slice, 1..50\n"
+    ),
+    "debug-failing-test": (
+        "# Diagnose a failing test, fix it with OpenCode, then re-run the tests and review the\n"
+        "# fix, going back to the fix until the tests pass and the reviewer agrees (at most 3\n"
+        "# passes).\n"
+        "#\n"
+        "# Adapt the test command to your project: both the diagnose and the verify step run it\n"
+        '# in the project root (e.g. "cmd:npm test", "cmd:go test ./...", "cmd:cargo test",\n'
+        '# "cmd:py -m pytest -x -q" on Windows). Aethr records its exit status and its stdout\n'
+        '# and stderr, keeping the head and the tail of long output, so no "| tail" is needed\n'
+        "# (a pipe would also hide the test runner's exit status). A command is stopped after\n"
+        "# 300 s, or after the step's timeout if that is shorter.\n"
+        "workflow: debug-failing-test\n"
+        "description: Diagnose a failing test, fix it with OpenCode, re-run and review\n"
+        "roles:\n"
+        "  diagnoser: |\n"
+        "    You diagnose a failing test. Do not write the fix.\n"
+        "    From the test output, the uncommitted diff and the task, answer with:\n"
+        "    1. Failure: which test fails, and the exact assertion or error quoted from the\n"
+        "       output.\n"
+        "    2. Cause: the root cause in the code under test (path and function), with the\n"
+        "       evidence for it. Separate what the output shows from what you infer.\n"
+        "    3. Fix: the smallest change that removes the cause, file by file. Say whether the\n"
+        "       test itself is wrong instead, and why, before proposing to change a test.\n"
+        "    4. Check: how to confirm the fix, and which other tests could be affected.\n"
+        "    If the output shows no failure, say so and stop.\n"
+        "  fixer: |\n"
+        "    You fix the failing test in the working tree, following the diagnosis.\n"
+        "    Change the code under test, not the test, unless the diagnosis shows the test is\n"
+        "    wrong. Make the smallest change that fixes the root cause; do not silence the error,\n"
+        "    skip the test or loosen its assertion. If a reviewer has listed findings, fix the\n"
+        "    high and medium ones first. Run the failing test, then the whole suite.\n"
+        "    Reply with a short summary: the cause, what you changed, and the test results.\n"
+        "  verifier: |\n"
+        "    You verify a fix for a failing test. The context holds the fresh test output and\n"
+        "    the diff of the fix. Check: that the originally failing test now passes and no\n"
+        "    other test fails; that the fix addresses the root cause rather than the symptom;\n"
+        "    that no test was skipped, deleted or weakened to make it pass; and that the diff\n"
+        "    has no unrelated changes. Quote the test summary line.\n"
+        "    List each finding on its own line as:\n"
+        "    - [high|medium|low] path:line: the problem, and the fix you suggest\n"
+        "    high: a test still fails, a test was weakened, or the fix is wrong.\n"
+        "    medium: the fix treats a symptom, misses a similar case, or lacks a regression test.\n"
+        "    low: naming, style, wording or small simplifications.\n"
+        '    Write "No findings." when there are none.\n'
+        "    Finish with a last line that is exactly one of these two, with nothing after it:\n"
+        "    Review status: pass\n"
+        "    Review status: revise\n"
+        "    Use pass only when there are no high and no medium findings; otherwise use revise.\n"
+        "models:\n"
+        "  default: openai:gpt-5.4-mini      # roles without an entry (here the fixer)\n"
+        "  diagnoser: openai:gpt-5.5\n"
+        "  verifier: openai:gpt-5.5\n"
+        "steps:\n"
+        "  - id: diagnose\n"
+        "    role: diagnoser\n"
+        "    context:\n"
+        '      - "cmd:python3 -m pytest -x -q"\n'
+        "      - git_diff\n"
+        "  - id: fix\n"
+        "    role: fixer\n"
+        "    backend: opencode\n"
+        "  - id: verify\n"
+        "    role: verifier\n"
+        "    history_visibility: summary\n"
+        "    context:\n"
+        '      - "cmd:python3 -m pytest -x -q"\n'
+        "      - latest_diff\n"
+        "    repeat:\n"
+        "      back_to: fix\n"
+        "      until_review_pass: true\n"
+        "      max_iterations: 3\n"
+    ),
+    "docs-sync": (
+        "# Bring the documentation in line with the code: find what the uncommitted changes made\n"
+        "# stale or left undocumented, update the docs with OpenCode, then review the update.\n"
+        "workflow: docs-sync\n"
+        "description: Update the docs to match the uncommitted code changes\n"
+        "roles:\n"
+        "  auditor: |\n"
+        "    You compare documentation with the code changes in the diff. Do not edit anything.\n"
+        "    List every place where the docs in the context are now wrong, stale or silent:\n"
+        "    - renamed or removed commands, options, functions, settings or files;\n"
+        "    - changed defaults, behaviour, output or error messages;\n"
+        "    - new features, options or requirements that no doc mentions;\n"
+        "    - examples and code blocks that would no longer run as written.\n"
+        "    For each: the doc (path and heading), what it says now, what it should say, and the\n"
+        "    code (path:line) that shows it. Say plainly when the docs need no change.\n"
+        "  doc_writer: |\n"
+        "    You update the documentation in the working tree, following the auditor's list.\n"
+        "    Edit only documentation files (*.md and similar), not code. Match each document's\n"
+        "    existing tone, structure and formatting; change what is wrong rather than rewriting\n"
+        "    whole sections. Keep examples runnable and consistent with the code. If a reviewer\n"
+        "    has listed findings, fix the high and medium ones first.\n"
+        "    Reply with a short summary of what you changed, file by file.\n"
+        "  reviewer: |\n"
+        "    You review a documentation update against the code changes it describes.\n"
+        "    Check: every statement is true of the code as it is now; nothing the auditor listed\n"
+        "    was missed; examples and commands would work as written; no code file was changed;\n"
+        "    the style matches the surrounding docs; links and headings still resolve.\n"
+        "    List each finding on its own line as:\n"
+        "    - [high|medium|low] path:line: the problem, and the fix you suggest\n"
+        "    high: a false statement, a broken example, or a changed code file.\n"
+        "    medium: a listed item left out, or an unclear or misleading explanation.\n"
+        "    low: wording, typos, formatting or small simplifications.\n"
+        '    Write "No findings." when there are none.\n'
+        "    Finish with a last line that is exactly one of these two, with nothing after it:\n"
+        "    Review status: pass\n"
+        "    Review status: revise\n"
+        "    Use pass only when there are no high and no medium findings; otherwise use revise.\n"
+        "models:\n"
+        "  default: openai:gpt-5.4-mini      # roles without an entry (auditor, doc_writer)\n"
+        "  reviewer: openai:gpt-5.5\n"
+        "steps:\n"
+        "  - id: audit\n"
+        "    role: auditor\n"
+        "    # A glob shows at most 40 files (160 KiB); narrow it (e.g. glob:docs/**/*.md) if\n"
+        "    # your docs are larger.\n"
+        "    context: [git_diff, file:README.md, glob:**/*.md]\n"
+        "  - id: update-docs\n"
+        "    role: doc_writer\n"
+        "    backend: opencode\n"
+        "  - id: review\n"
+        "    role: reviewer\n"
+        "    history_visibility: summary\n"
+        "    context: [git_diff, latest_diff]\n"
+        "    repeat:\n"
+        "      back_to: update-docs\n"
+        "      until_review_pass: true\n"
+        "      max_iterations: 2\n"
+    ),
+    "plan-implement-review": (
+        "# Plan a change, implement it with OpenCode, then review the implementation and send\n"
+        "# it back to OpenCode until the reviewer passes it (at most 3 passes through implement\n"
+        "# and review).\n"
+        "workflow: plan-implement-review\n"
+        "description: Plan a change, implement it with OpenCode, review until it passes\n"
+        "roles:\n"
+        "  planner: |\n"
+        "    You plan a code change that another engineer will implement. Do not write the code.\n"
+        "    Read the task, the uncommitted diff and the README, then answer with:\n"
+        "    1. Goal: one or two sentences on what must be true when the work is done.\n"
+        "    2. Files: each file to change or create, what changes in it and why.\n"
+        "    3. Steps: a short numbered list in the order to do them, each small enough to check.\n"
+        "    4. Tests: the tests to add or update, each with the behaviour it proves.\n"
+        "    5. Risks: edge cases, compatibility concerns and anything the task leaves open,\n"
+        "       with the assumption you made for each.\n"
+        "    Keep to what the task asks: no unrelated refactoring, no new dependencies unless the\n"
+        "    task needs them. Follow the conventions the existing code already uses.\n"
+        "  implementer: |\n"
+        "    You implement a planned change directly in the working tree.\n"
+        "    Follow the plan from the previous step. If a reviewer has already listed findings,\n"
+        "    fix every high and medium finding first, then the low ones that are cheap to fix.\n"
+        "    Add or update tests for the behaviour you change and run them. Keep the diff\n"
+        "    focused: no unrelated edits, no reformatting of untouched code, no new dependencies\n"
+        "    unless the plan calls for them. When you finish, reply with a short summary: what\n"
+        "    you changed, which tests you ran and their result, and anything you could not do\n"
+        "    and why.\n"
+        "  reviewer: |\n"
+        "    You review the latest implementation (its diff is in the context) against the task\n"
+        "    and the plan. Check, in order: correctness and edge cases; that the task and the\n"
+        "    plan are fully done; tests that would fail if the change broke; error handling;\n"
+        "    security (injection, secrets, unsafe file or shell use); readability and\n"
+        "    consistency with the surrounding code. Do not restate the diff and do not praise it.\n"
+        "    List each finding on its own line as:\n"
+        "    - [high|medium|low] path:line: the problem, and the fix you suggest\n"
+        "    high: a bug, data loss, a security hole, or a part of the task left undone.\n"
+        "    medium: a missing test, an unhandled edge case, or a likely maintenance problem.\n"
+        "    low: naming, style, wording or small simplifications.\n"
+        '    Write "No findings." when there are none.\n'
+        "    Finish with a last line that is exactly one of these two, with nothing after it:\n"
+        "    Review status: pass\n"
+        "    Review status: revise\n"
+        "    Use pass only when there are no high and no medium findings; otherwise use revise.\n"
+        "models:\n"
+        "  default: openai:gpt-5.4-mini      # roles without an entry (here the implementer)\n"
+        "  planner: openai:gpt-5.5\n"
+        "  reviewer: openai:gpt-5.5\n"
+        "steps:\n"
+        "  - id: plan\n"
+        "    role: planner\n"
+        "    context: [git_diff, file:README.md]\n"
+        "  - id: implement\n"
+        "    role: implementer\n"
+        "    backend: opencode\n"
+        "  - id: review\n"
+        "    role: reviewer\n"
+        "    history_visibility: latest\n"
+        "    context: [latest_diff]\n"
+        "    repeat:\n"
+        "      back_to: implement\n"
+        "      until_review_pass: true\n"
+        "      max_iterations: 3\n"
+    ),
+    "review-existing-diff": (
+        "# Review the uncommitted changes in this repository (staged, unstaged and new files).\n"
+        "# This is the workflow `aethr run` uses when a repository has no .aethr.yaml.\n"
+        "workflow: review-existing-diff\n"
+        "description: Review the uncommitted changes in the working tree\n"
+        "roles:\n"
+        "  reviewer: |\n"
+        "    You review uncommitted changes to a code base before they are committed. The diff\n"
+        "    against HEAD is in the context; new files appear as added in full. Use the task, if\n"
+        "    given, as the intent of the change.\n"
+        "    Check, in order: correctness and edge cases; that the change does what it sets out\n"
+        "    to do; tests that cover it (and would fail if it broke); error handling; security\n"
+        "    (injection, secrets committed by mistake, unsafe file or shell use); readability\n"
+        "    and consistency with the surrounding code; leftovers such as debug prints,\n"
+        "    commented-out code or stray files. Do not restate the diff and do not praise it.\n"
+        "    List each finding on its own line as:\n"
+        "    - [high|medium|low] path:line: the problem, and the fix you suggest\n"
+        "    high: a bug, data loss, a security hole, or a change that cannot work as intended.\n"
+        "    medium: a missing test, an unhandled edge case, or a likely maintenance problem.\n"
+        "    low: naming, style, wording or small simplifications.\n"
+        '    Write "No findings." when there are none. If the diff is empty, say so.\n'
+        "    Finish with a last line that is exactly one of these two, with nothing after it:\n"
+        "    Review status: pass\n"
+        "    Review status: revise\n"
+        "    Use pass only when there are no high and no medium findings; otherwise use revise.\n"
+        "models:\n"
+        "  default: openai:gpt-5.4-mini      # roles without an entry\n"
+        "  reviewer: openai:gpt-5.5\n"
+        "steps:\n"
+        "  - id: review\n"
+        "    role: reviewer\n"
+        "    context: [git_diff]\n"
+    ),
+}
+# END PRESETS
+
+# == 14. Compiled on first use: live runs, auth, resume, argparse =============
+# What `version`, `init --list`, `check`, `--show-prompt` and a mock run never need:
+# the HTTP clients and the six providers' wire formats, the OpenCode bridge, `auth`,
+# checkpoints and resume, the task editor, pinned models and the argparse definitions.
+# `python3 aethr.py` compiles the whole file on every run (no bytecode cache for a
+# script), and compiling all of it took longer than the rest of start-up together; as
+# source text it costs nearly nothing until `_lazy()` compiles it, once, into this
+# module's globals (section 1). It is ordinary code in every other way: it keeps its
+# line numbers in this file (tracebacks, debuggers, inspect), tests lint it with ruff
+# as if the two quote lines were not there, and a test checks that the sections above
+# reach it only through `_lazy()`.
+
+#: The line of this file on which `_LAZY = r'''` stands: compiled, its code keeps its lines.
+_LAZY_LINE = sys._getframe().f_lineno + 1
+_LAZY = r'''
+# -- from 8. Providers: HTTP client, SSE streaming, the live providers --------
+
+
 #: Provider -> (the variable that replaces its base URL, the default base) (SPEC §6).
 PROVIDER_BASES = {
     "openai": ("OPENAI_BASE_URL", "https://api.openai.com/v1"),
@@ -2441,26 +3800,46 @@ PROVIDER_BASES = {
     "xai": ("XAI_BASE_URL", "https://api.x.ai/v1"),
     "ollama": ("OLLAMA_HOST", "http://127.0.0.1:11434"),
 }
+
+
 #: Seconds to open a connection: TCP, a proxy's tunnel and the TLS handshake.
 CONNECT_TIMEOUT = 10.0
+
+
 #: Default AETHR_TIMEOUT: seconds for a response to start and between two chunks; a local
 #: model can take minutes to load before its first token.
 READ_TIMEOUT = 600.0
+
+
 #: Default AETHR_MAX_RETRIES.
 MAX_RETRIES = 2
+
+
 #: A server that asks to wait longer than this (seconds) before a retry is not waited for.
 MAX_RETRY_WAIT = 60.0
+
+
 #: Statuses worth retrying (SPEC §6); 529 is Anthropic's "overloaded".
 RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
+
+
 #: Ollama context sizes: num_ctx is rounded up to one of these, since every new value
 #: makes Ollama reload the model.
 OLLAMA_CONTEXTS = (8192, 16384, 32768, 65536, 131072)
+
+
 #: Output tokens to leave room for in num_ctx when a step sets no max_tokens.
 OLLAMA_OUTPUT_ALLOWANCE = 4096
+
+
 #: Bytes of an error body kept: enough for any provider's message, never a whole page.
 _HTTP_ERROR_BODY = 64 * 1024
+
+
 #: The media type of the streams asked for, except Ollama's NDJSON.
 _SSE_TYPE = "text/event-stream"
+
+
 #: Provider error ids meaning "pay first" (OpenAI, Anthropic): retrying cannot help.
 _BILLING_IDS = ("insufficient_quota", "billing_error", "enforced_spend_limit_reached")
 
@@ -3490,62 +4869,7 @@ PROVIDERS: dict[str, type[Provider]] = {
 }
 
 
-def make_provider(model: str | None, environ: dict[str, str], *, live: bool,
-                  role_text: str = "") -> Provider:
-    """The provider for `model`: the mock in mock mode, else the live client."""
-    if not live:
-        return MockProvider(model, environ, role_text)
-    if not model:
-        raise UsageError("no model set for this step", hint="set models.ROLE or --model")
-    provider = split_model(model)[0]
-    if provider not in PROVIDERS:
-        raise UsageError(f"live calls to {provider} are not available in aethr {__version__}",
-                         hint="run without --live for a mock run")
-    return PROVIDERS[provider](model, environ)
-
-
-# == 9. Backends (model, OpenCode) and artifacts ==============================
-
-
-def opencode_model(model: str | None) -> str | None:
-    """A model in OpenCode's form: `provider/model`; gemini and google become google."""
-    if not model:
-        return None
-    provider, name = model.split(":", 1) if ":" in model else ("", model)
-    provider = "google" if provider.strip().lower() in ("gemini", "google") else provider.strip()
-    return f"{provider}/{name.strip()}"
-
-
-#: Stream kinds a model step passes on as events -> the event's field for the value.
-_MODEL_EVENTS = {"text": "text", "reasoning": "text", "warning": "message"}
-
-
-class _Backend:
-    """Runs a step: `run(prompt, model, role_text, emit) -> (text, usage, artifact)`."""
-
-    def __init__(self, environ: dict[str, str], *, live: bool,
-                 project: Project | None = None) -> None:
-        self.environ = environ
-        self.live = live
-        self.project = project
-
-
-class ModelBackend(_Backend):
-    """Runs a model step: the prompt goes to a provider, the answer streams back."""
-
-    def run(self, prompt: Prompt, model: str | None, role_text: str,
-            emit: Callable[[dict], None]) -> tuple[str, dict, Artifact | None]:
-        """Returns (answer, usage, no artifact); emits text and warning events."""
-        provider = make_provider(model, self.environ, live=self.live, role_text=role_text)
-        parts, usage = [], {}
-        for kind, value in provider.stream(prompt, max_tokens=prompt.step.max_tokens):
-            if kind == "usage":
-                usage = value
-            elif kind in _MODEL_EVENTS:
-                if kind == "text":
-                    parts.append(value)
-                emit({"event": kind, "step": prompt.step.id, _MODEL_EVENTS[kind]: value})
-        return "".join(parts), usage, None
+# -- from 9. Backends: OpenCode live, and its artifacts -----------------------
 
 
 def snapshot_tree(project: Project) -> str:
@@ -3645,7 +4969,11 @@ def opencode_problems(project: Project) -> list[tuple[str, str | None]]:
 #: from using this specific tool call." (a `deny` rule with a pattern). A `deny` for a whole
 #: tool removes it: the model's call then comes back as the tool `invalid`.
 _OC_REJECTED = ("rejected permission", "permissionrejectederror")
+
+
 _OC_DENIED = ("specified a rule which prevents", "permissiondeniederror")
+
+
 #: Colour codes OpenCode writes to stderr even into a pipe (a pattern: `re` loads lazily).
 _OC_ANSI = r"\x1b\[[0-9;?]*[A-Za-z]"
 
@@ -3839,186 +5167,168 @@ def _oc_tail(data: bytes, secrets: list[str]) -> str:
     return tail if len(tail) <= 500 else "\u2026" + tail[-500:]
 
 
-class OpenCodeBackend(_Backend):
-    """Runs an implementation step with the OpenCode CLI (mock mode runs nothing)."""
+def opencode_run(environ: dict[str, str], project: Project | None, prompt: Prompt,
+                 model: str | None, emit: Callable[[dict], None]) -> tuple[str, dict, Artifact]:
+    """OpenCodeBackend.run in live mode: OpenCode carries out the step (SPEC §7)."""
+    import shutil
 
-    def run(self, prompt: Prompt, model: str | None, role_text: str,
-            emit: Callable[[dict], None]) -> tuple[str, dict, Artifact | None]:
-        """Returns (OpenCode's final text, usage, the artifact of this step)."""
-        if self.live:
-            return self._run_live(prompt, model, emit)
-        who = opencode_model(model) or "OpenCode's default model"
-        text = (f"[mock] OpenCode was not run. In live mode it would carry out step "
-                f"'{prompt.step.id}' in the project with {who}, and the files it changed would "
-                "become this step's artifact.\nNo file was changed.\n")
-        rep = prompt.step.repeat
-        if rep and rep.until_contains is not None and not rep.until_review_pass:
-            text += f"\n{rep.until_contains}\n"
-        if _needs_status(prompt.step, role_text):
-            text += "\nReview status: pass\n"
-        emit({"event": "text", "step": prompt.step.id, "text": text})
-        return text, {}, Artifact(note="mock mode: OpenCode was not run")
-
-    def _run_live(self, prompt: Prompt, model: str | None, emit: Callable[[dict], None]
-                  ) -> tuple[str, dict, Artifact]:
-        import shutil
-
-        project = self.project or Project(os.getcwd(), self.environ)
-        step = prompt.step
-        exe = shutil.which("opencode", path=self.environ.get("PATH", os.defpath))
-        if not exe:
-            raise BackendError("the opencode CLI is not installed (or not on PATH)",
-                               hint="npm install -g opencode-ai")
-        argv = [exe, "run", "--format", "json"]
-        if model:
-            argv += ["-m", opencode_model(model)]
-        if step.unsafe_permissions:
-            argv.append("--dangerously-skip-permissions")
-        # 1. The tree before, so the artifact is what this step changed and nothing else.
-        before = snapshot_tree(project) if project.top else None
-        dirt = _submodule_dirt(project) if before else {}
-        events = _OpenCodeEvents(step, project.root, emit, project.secrets)
-        try:
-            self._spawn(argv, project, prompt, events)
-        except BackendError as exc:
-            # What OpenCode changed before it failed stays in the tree: say so.
-            if before:
-                try:
-                    files = artifact_between(project, before, snapshot_tree(project)).files
-                except GitError:
-                    files = []
-                if files:
-                    names = ", ".join(p for _, p, _ in files[:5])
-                    more = f", +{len(files) - 5} more" if len(files) > 5 else ""
-                    exc.hint = (exc.hint + "; " if exc.hint else "") + (
-                        f"OpenCode had already changed {_plural(len(files), 'file')} "
-                        f"({names}{more}); they are left as they are")
-            raise
-        emit({"event": "progress", "step": step.id, "message": events.summary()})
-        # 2. The tree after: the difference is the step's artifact.
+    project = project or Project(os.getcwd(), environ)
+    step = prompt.step
+    exe = shutil.which("opencode", path=environ.get("PATH", os.defpath))
+    if not exe:
+        raise BackendError("the opencode CLI is not installed (or not on PATH)",
+                           hint="npm install -g opencode-ai")
+    argv = [exe, "run", "--format", "json"]
+    if model:
+        argv += ["-m", opencode_model(model)]
+    if step.unsafe_permissions:
+        argv.append("--dangerously-skip-permissions")
+    # 1. The tree before, so the artifact is what this step changed and nothing else.
+    before = snapshot_tree(project) if project.top else None
+    dirt = _submodule_dirt(project) if before else {}
+    events = _OpenCodeEvents(step, project.root, emit, project.secrets)
+    try:
+        _opencode_spawn(environ, argv, project, prompt, events)
+    except BackendError as exc:
+        # What OpenCode changed before it failed stays in the tree: say so.
         if before:
-            artifact = artifact_between(project, before, snapshot_tree(project))
-            after = _submodule_dirt(project)
-            moved = sorted(p for p in set(dirt) | set(after) if dirt.get(p) != after.get(p))
-            if moved:
-                # Edits inside a submodule are not in the superproject's trees (SPEC §7).
-                note = (f"uncommitted changes inside submodules: {', '.join(moved)} (not part "
-                        "of this artifact)")
-                artifact.note = f"{artifact.note}; {note}" if artifact.note else note
-                emit({"event": "warning", "step": step.id, "message": note})
-            elif not artifact.files:
-                emit({"event": "warning", "step": step.id, "message":
-                      "OpenCode changed no file" + (
-                          f" ({_plural(len(events.rejected), 'tool')} rejected: "
-                          f"{', '.join(sorted(events.rejected))})" if events.rejected else "")})
-        else:
-            artifact = artifact_between(project, None, None)
-        text = events.final_text() or "[OpenCode ended without a final message]\n"
-        return text, dict(events.usage), artifact
+            try:
+                files = artifact_between(project, before, snapshot_tree(project)).files
+            except GitError:
+                files = []
+            if files:
+                names = ", ".join(p for _, p, _ in files[:5])
+                more = f", +{len(files) - 5} more" if len(files) > 5 else ""
+                exc.hint = (exc.hint + "; " if exc.hint else "") + (
+                    f"OpenCode had already changed {_plural(len(files), 'file')} "
+                    f"({names}{more}); they are left as they are")
+        raise
+    emit({"event": "progress", "step": step.id, "message": events.summary()})
+    # 2. The tree after: the difference is the step's artifact.
+    if before:
+        artifact = artifact_between(project, before, snapshot_tree(project))
+        after = _submodule_dirt(project)
+        moved = sorted(p for p in set(dirt) | set(after) if dirt.get(p) != after.get(p))
+        if moved:
+            # Edits inside a submodule are not in the superproject's trees (SPEC §7).
+            note = (f"uncommitted changes inside submodules: {', '.join(moved)} (not part "
+                    "of this artifact)")
+            artifact.note = f"{artifact.note}; {note}" if artifact.note else note
+            emit({"event": "warning", "step": step.id, "message": note})
+        elif not artifact.files:
+            emit({"event": "warning", "step": step.id, "message":
+                  "OpenCode changed no file" + (
+                      f" ({_plural(len(events.rejected), 'tool')} rejected: "
+                      f"{', '.join(sorted(events.rejected))})" if events.rejected else "")})
+    else:
+        artifact = artifact_between(project, None, None)
+    text = events.final_text() or "[OpenCode ended without a final message]\n"
+    return text, dict(events.usage), artifact
 
-    def _spawn(self, argv: list[str], project: Project, prompt: Prompt,
-               events: _OpenCodeEvents) -> None:
-        """Run OpenCode to its end, feeding its events; raises BackendError when it fails."""
-        import queue
-        import subprocess
-        import threading
-        import time
 
-        step = prompt.step
-        env = _child_env(self.environ, PWD=project.root, OPENCODE_DISABLE_AUTOUPDATE="1")
+def _opencode_spawn(environ: dict[str, str], argv: list[str], project: Project, prompt: Prompt,
+                    events: _OpenCodeEvents) -> None:
+    """Run OpenCode to its end, feeding its events; raises BackendError when it fails."""
+    import queue
+    import subprocess
+    import threading
+    import time
+
+    step = prompt.step
+    env = _child_env(environ, PWD=project.root, OPENCODE_DISABLE_AUTOUPDATE="1")
+    try:
+        proc = subprocess.Popen(argv, cwd=project.root, env=env, stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                **_own_group())
+    except OSError as exc:
+        raise BackendError(f"could not start OpenCode ({argv[0]}): {exc.strerror or exc}",
+                           hint="npm install -g opencode-ai") from exc
+    data = (prompt.system + "\n\n" + prompt.user).encode("utf-8", "replace")
+    lines: queue.Queue[bytes | None] = queue.Queue()
+    err_tail = bytearray()
+
+    def feed() -> None:             # a thread: a huge prompt cannot deadlock the pipes
         try:
-            proc = subprocess.Popen(argv, cwd=project.root, env=env, stdin=subprocess.PIPE,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                    **_own_group())
-        except OSError as exc:
-            raise BackendError(f"could not start OpenCode ({argv[0]}): {exc.strerror or exc}",
-                               hint="npm install -g opencode-ai") from exc
-        data = (prompt.system + "\n\n" + prompt.user).encode("utf-8", "replace")
-        lines: queue.Queue[bytes | None] = queue.Queue()
-        err_tail = bytearray()
+            with proc.stdin:
+                proc.stdin.write(data)
+        except OSError:             # OpenCode exited without reading it all
+            pass
 
-        def feed() -> None:             # a thread: a huge prompt cannot deadlock the pipes
-            try:
-                with proc.stdin:
-                    proc.stdin.write(data)
-            except OSError:             # OpenCode exited without reading it all
-                pass
-
-        def read_out() -> None:
-            try:
-                for line in proc.stdout:
-                    lines.put(line)
-            except (OSError, ValueError):
-                pass
-            finally:
-                lines.put(None)
-
-        def read_err() -> None:
-            try:
-                for chunk in iter(lambda: proc.stderr.read1(65536), b""):
-                    err_tail.extend(chunk)
-                    del err_tail[:-8192]
-            except (OSError, ValueError):
-                pass
-
-        threads = [threading.Thread(target=f, daemon=True) for f in (feed, read_out, read_err)]
-        for t in threads:
-            t.start()
-        timeout = step.timeout or STEP_TIMEOUT
-        deadline = time.monotonic() + timeout
-        expired, exited_at = False, None
+    def read_out() -> None:
         try:
-            # 1. Events until OpenCode closes its stdout, the timeout, or Ctrl-C.
-            while True:
-                try:
-                    line = lines.get(timeout=0.1)
-                except queue.Empty:
-                    now = time.monotonic()
-                    if now >= deadline:
-                        expired = True
-                        break
-                    # Exited, but something it started still holds the pipe: stop waiting.
-                    if proc.poll() is not None:
-                        exited_at = exited_at or now
-                        if now - exited_at > 2:
-                            break
-                    continue
-                if line is None:
-                    break
-                events.feed(line)
-            if not expired:
-                try:
-                    proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    expired = True
+            for line in proc.stdout:
+                lines.put(line)
+        except (OSError, ValueError):
+            pass
         finally:
-            # 2. Whatever happened, nothing OpenCode started outlives the step.
-            _kill_tree(proc)
-            proc.wait()
-            for t in threads:
-                t.join(timeout=5)
-            # A reader still blocked (a process that escaped the group holds the pipe) keeps
-            # its stream: closing it under the reader could block.
-            for t, stream in ((threads[1], proc.stdout), (threads[2], proc.stderr)):
-                if not t.is_alive():
-                    stream.close()
-        # 3. Drain what was read before the end (after the timeout or a stuck pipe).
-        while not lines.empty():        # the only reader: get_nowait cannot find it empty
-            line = lines.get_nowait()
-            if line is not None:
-                events.feed(line)
-        tail = _oc_tail(bytes(err_tail), project.secrets)
-        if expired:
-            raise _oc_failure(f"OpenCode did not finish within {timeout:g} s and was "
-                              "stopped", None, tail,
-                              hint="raise the step's timeout: (seconds) in the workflow")
-        if events.errors:
-            message = "OpenCode failed: " + "; ".join(dict.fromkeys(events.errors))
-            raise _oc_failure(redact(message, project.secrets), proc.returncode, tail)
-        if proc.returncode != 0:
-            how = (f"was stopped by signal {-proc.returncode}" if proc.returncode < 0
-                   else f"exited with status {proc.returncode}")
-            raise _oc_failure(f"OpenCode {how}", proc.returncode, tail)
+            lines.put(None)
+
+    def read_err() -> None:
+        try:
+            for chunk in iter(lambda: proc.stderr.read1(65536), b""):
+                err_tail.extend(chunk)
+                del err_tail[:-8192]
+        except (OSError, ValueError):
+            pass
+
+    threads = [threading.Thread(target=f, daemon=True) for f in (feed, read_out, read_err)]
+    for t in threads:
+        t.start()
+    timeout = step.timeout or STEP_TIMEOUT
+    deadline = time.monotonic() + timeout
+    expired, exited_at = False, None
+    try:
+        # 1. Events until OpenCode closes its stdout, the timeout, or Ctrl-C.
+        while True:
+            try:
+                line = lines.get(timeout=0.1)
+            except queue.Empty:
+                now = time.monotonic()
+                if now >= deadline:
+                    expired = True
+                    break
+                # Exited, but something it started still holds the pipe: stop waiting.
+                if proc.poll() is not None:
+                    exited_at = exited_at or now
+                    if now - exited_at > 2:
+                        break
+                continue
+            if line is None:
+                break
+            events.feed(line)
+        if not expired:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                expired = True
+    finally:
+        # 2. Whatever happened, nothing OpenCode started outlives the step.
+        _kill_tree(proc)
+        proc.wait()
+        for t in threads:
+            t.join(timeout=5)
+        # A reader still blocked (a process that escaped the group holds the pipe) keeps
+        # its stream: closing it under the reader could block.
+        for t, stream in ((threads[1], proc.stdout), (threads[2], proc.stderr)):
+            if not t.is_alive():
+                stream.close()
+    # 3. Drain what was read before the end (after the timeout or a stuck pipe).
+    while not lines.empty():        # the only reader: get_nowait cannot find it empty
+        line = lines.get_nowait()
+        if line is not None:
+            events.feed(line)
+    tail = _oc_tail(bytes(err_tail), project.secrets)
+    if expired:
+        raise _oc_failure(f"OpenCode did not finish within {timeout:g} s and was "
+                          "stopped", None, tail,
+                          hint="raise the step's timeout: (seconds) in the workflow")
+    if events.errors:
+        message = "OpenCode failed: " + "; ".join(dict.fromkeys(events.errors))
+        raise _oc_failure(redact(message, project.secrets), proc.returncode, tail)
+    if proc.returncode != 0:
+        how = (f"was stopped by signal {-proc.returncode}" if proc.returncode < 0
+               else f"exited with status {proc.returncode}")
+        raise _oc_failure(f"OpenCode {how}", proc.returncode, tail)
 
 
 def _oc_failure(message: str, returncode: int | None, tail: str,
@@ -4029,64 +5339,7 @@ def _oc_failure(message: str, returncode: int | None, tail: str,
     return exc
 
 
-# == 10. Runner (steps, loops, events) ========================================
-
-
-class RunResult:
-    """The outcome of a completed run: verdict (pass | revise), step results, usage."""
-
-    __slots__ = ("verdict", "steps", "usage", "duration", "warnings")
-
-    def __init__(self, verdict: str, steps: list[StepResult], usage: dict, duration: float,
-                 warnings: list[str]) -> None:
-        self.verdict = verdict
-        self.steps = steps
-        self.usage = usage
-        self.duration = duration
-        self.warnings = warnings
-
-
-def _total_usage(results: list[StepResult]) -> dict:
-    total: dict = {}
-    for result in results:
-        for key, value in result.usage.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                total[key] = total.get(key, 0) + value
-    return total
-
-
-def step_target(step: Step, model: str | None, live: bool) -> str:
-    """What a step header says it calls: the live model, or `mock (would call …)`."""
-    if step.backend == "opencode":
-        who = f"opencode {opencode_model(model)}" if model else "opencode (its default model)"
-    elif model:
-        who = model
-    else:
-        return "no model set" if live else "mock (no model set)"
-    return who if live else f"mock (would call {who})"
-
-
-def _loop_verdict(step: Step, result: StepResult) -> tuple[bool, str | None]:
-    """(done?, warning) for a loop controller's answer (SPEC §8)."""
-    rep = step.repeat
-    if rep.until_contains is not None and not rep.until_review_pass:
-        return rep.until_contains in result.text, None
-    if result.review_status == "pass":
-        return True, None
-    if result.review_status is None:
-        return False, f"step '{step.id}' gave no 'Review status:' line; treating it as revise"
-    return False, None
-
-
-def _artifact_dict(art: Artifact | None, *, patch: bool = True) -> dict | None:
-    """An artifact as plain data; events leave the patch out (`patch=False`)."""
-    if art is None:
-        return None
-    data = {"files": [{"status": st, "path": p, "old_path": old} for st, p, old in art.files],
-            "stat": art.stat, "patch": art.patch, "note": art.note}
-    if not patch:
-        del data["patch"]
-    return data
+# -- from 10. Runner: a resumed run's results ---------------------------------
 
 
 def _artifact_from(data: dict | None) -> Artifact | None:
@@ -4094,14 +5347,6 @@ def _artifact_from(data: dict | None) -> Artifact | None:
         return None
     return Artifact([(f["status"], f["path"], f.get("old_path")) for f in data["files"]],
                     data.get("stat", ""), data.get("patch", ""), data.get("note"))
-
-
-def result_dict(r: StepResult) -> dict:
-    """A step result as plain data (checkpoints, --json)."""
-    return {"step": r.step, "role": r.role, "backend": r.backend, "iteration": r.iteration,
-            "output": r.text, "review_status": r.review_status,
-            "artifact": _artifact_dict(r.artifact), "usage": r.usage, "duration": r.duration,
-            "model": r.model, "warnings": r.warnings}
 
 
 def result_from(data: dict) -> StepResult:
@@ -4114,318 +5359,7 @@ def result_from(data: dict) -> StepResult:
                       warnings=data.get("warnings") or [])
 
 
-class _RunState:
-    """What a run has done so far: where it goes next and everything needed to resume."""
-
-    __slots__ = ("next", "results", "passes", "exhausted", "partial")
-
-    def __init__(self, resume: dict | None = None) -> None:
-        resume = resume or {}
-        self.next: int = resume.get("next_step", 0)
-        self.results = [result_from(r) for r in resume.get("results", [])]
-        self.passes = {int(k): v for k, v in resume.get("loop_passes", {}).items()}
-        self.exhausted: bool = resume.get("loop_ran_out", False)
-        self.partial: list[str] = []
-
-    def latest(self) -> Artifact | None:
-        return next((r.artifact for r in reversed(self.results) if r.artifact is not None), None)
-
-    def checkpoint(self, step: Step | None) -> dict:
-        """The run's state where it stopped (SPEC §10; the CLI adds the rest).
-
-        `step` is the step that did not complete, if the run stopped inside one.
-        """
-        partial = None if step is None else {"step": step.id, "output": "".join(self.partial),
-                                             "incomplete": True}
-        return {"next_step": self.next, "results": [result_dict(r) for r in self.results],
-                "loop_passes": {str(k): v for k, v in self.passes.items()},
-                "loop_ran_out": self.exhausted, "partial": partial}
-
-
-def _workflow_ref(workflow: Workflow) -> dict:
-    """Where a workflow came from, and a hash of its text (checkpoints compare it)."""
-    import hashlib
-
-    return {"path": os.path.abspath(workflow.path) if workflow.path else None,
-            "preset": workflow.preset,
-            "sha256": hashlib.sha256(workflow.text.encode("utf-8")).hexdigest()}
-
-
-def _redact_data(obj: Any, secrets: list[str]) -> Any:
-    """Every string in `obj` redacted: before JSON escaping could hide a secret's text."""
-    if isinstance(obj, str):
-        return redact(obj, secrets)
-    if isinstance(obj, dict):
-        return {k: _redact_data(v, secrets) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_redact_data(v, secrets) for v in obj]
-    return obj
-
-
-def run_workflow(workflow: Workflow, task: str, *, root: str | Project = ".", live: bool = False,
-                 models: dict[str, str] | None = None, env: dict[str, str] | None = None,
-                 on_event: Callable[[dict], None] | None = None,
-                 resume: dict | None = None) -> RunResult:
-    """Run every step in order with its loops; prints nothing, writes no file.
-
-    `on_event` receives the run's events (run_start, step_start, text, warning,
-    step_end, run_end). A failing step raises StepFailed whose `.checkpoint` is the
-    checkpoint data (SPEC §10: task, mode, models, workflow, root, state), secrets
-    redacted; `resume=` takes it back. Ctrl-C leaves the same on the exception.
-    """
-    import time
-
-    environ = os.environ if env is None else env
-    emit = on_event or (lambda event: None)
-    project = root if isinstance(root, Project) else Project(os.fspath(root), environ)
-    overrides, steps = models or {}, workflow.steps
-    mode = "live" if live else "mock"
-    state = _RunState(resume["state"] if resume and "state" in resume else resume)
-    # AETHR_MODEL is an override too: the checkpoint keeps it, so a resume calls the same.
-    env_model = environ.get("AETHR_MODEL", "").strip()
-    saved_models = {**overrides, "*": overrides.get("*", env_model)} if env_model else overrides
-
-    def checkpoint(step: Step | None) -> dict:
-        return _redact_data({"aethr_checkpoint": 1, "aethr_version": __version__, "task": task,
-                             "mode": mode, "models": saved_models,
-                             "workflow": _workflow_ref(workflow), "root": project.root,
-                             "state": state.checkpoint(step)}, project.secrets)
-
-    started = time.monotonic()
-
-    def end(verdict: str, **extra: Any) -> None:
-        emit({"event": "run_end", "verdict": verdict, "mode": mode,
-              "steps_run": len(state.results), "usage": _total_usage(state.results),
-              "duration": time.monotonic() - started, **extra})
-
-    running: Step | None = None        # the step under way, for the checkpoint
-    try:
-        emit({"event": "run_start", "schema": 1, "workflow": workflow.name,
-              "source": workflow.source, "steps": [s.id for s in steps], "mode": mode})
-        # 1. One loop over the steps; a loop controller may send it back to `back_to`.
-        while state.next < len(steps):
-            running = step = steps[state.next]
-            state.partial = []
-            result = _run_step(workflow, task, step, state, project, overrides, live, emit)
-            running = None
-            emit({"event": "step_end", "step": step.id, "role": step.role,
-                  "iteration": result.iteration, "output": result.text, "usage": result.usage,
-                  "duration": result.duration, "review_status": result.review_status,
-                  "artifact": _artifact_dict(result.artifact, patch=False),
-                  "warnings": result.warnings})
-        # 4. The verdict: revise if a loop ran out, else the last review status given.
-        statuses = [r.review_status for r in state.results if r.review_status]
-        verdict = "revise" if state.exhausted else (statuses[-1] if statuses else "pass")
-        end(verdict)
-    except AethrError as exc:
-        failed = StepFailed(f"step '{running.id}' failed: {exc.message}" if running else
-                            exc.message, hint=exc.hint, step=running.id if running else "",
-                            checkpoint=checkpoint(running))
-        end("failed", error=failed.message)
-        raise failed from exc
-    except BaseException as exc:        # Ctrl-C, a closed stdout: keep what was done
-        exc.checkpoint = checkpoint(running)  # type: ignore[attr-defined]
-        if isinstance(exc, KeyboardInterrupt):
-            try:
-                end("interrupted")
-            except Exception:           # noqa: BLE001 (the interruption is what matters)
-                pass
-        raise
-    warnings = [w for r in state.results for w in r.warnings]
-    return RunResult(verdict, state.results, _total_usage(state.results),
-                     time.monotonic() - started, warnings)
-
-
-def _run_step(workflow: Workflow, task: str, step: Step, state: _RunState, project: Project,
-              overrides: dict[str, str], live: bool, emit: Callable[[dict], None]) -> StepResult:
-    """Run one step, record it in `state` and decide where the run goes next."""
-    import time
-
-    i = step.index
-    ctl = workflow.controller_of(i)
-    iteration = state.passes.get(ctl.index, 0) + 1 if ctl else 1
-    model = resolve_model(workflow, step, overrides, project.environ)
-    emit({"event": "step_start", "step": step.id, "role": step.role, "number": i + 1,
-          "total": len(workflow.steps), "model": model, "backend": step.backend,
-          "where": step_target(step, model, live), "iteration": iteration,
-          "max_iterations": ctl.repeat.max_iterations if ctl else None})
-    warnings: list[str] = []
-
-    def step_emit(event: dict) -> None:
-        if event["event"] == "warning":
-            warnings.append(event["message"])
-        elif event["event"] == "text":
-            state.partial.append(event["text"])
-        emit(event)
-
-    t0 = time.monotonic()
-    # 2. Context is collected each time a step runs: the tree as it is now.
-    prompt = build_prompt(workflow, task, step, iteration=iteration, history=state.results,
-                          blocks=collect_context(step, project, state.latest()),
-                          secrets=project.secrets)
-    backend = (OpenCodeBackend if step.backend == "opencode" else ModelBackend)(
-        project.environ, live=live, project=project)
-    text, usage, artifact = backend.run(prompt, model, workflow.roles.get(step.role, ""),
-                                        step_emit)
-    result = StepResult(step=step.id, role=step.role, backend=step.backend,
-                        iteration=iteration, text=text, review_status=review_status(text),
-                        artifact=artifact, usage=usage, model=model,
-                        duration=time.monotonic() - t0, warnings=warnings)
-    # 3. A loop controller decides: go on, go back, or give up with a warning.
-    again = False
-    if step.repeat:
-        passes = state.passes[i] = state.passes.get(i, 0) + 1
-        done, warning = _loop_verdict(step, result)
-        if warning:
-            step_emit({"event": "warning", "step": step.id, "message": warning})
-        again = not done and passes < step.repeat.max_iterations
-        if not done and not again:
-            state.exhausted = True
-            step_emit({"event": "warning", "step": step.id, "message":
-                       f"step '{step.id}' did not pass after "
-                       f"{_plural(step.repeat.max_iterations, 'iteration')}; continuing, "
-                       "and the verdict is revise"})
-    state.results.append(result)
-    state.next = workflow.step_index(step.repeat.back_to) if again else i + 1
-    return result
-
-
-def render_prompts(workflow: Workflow, task: str, project: Project, *,
-                   models: dict[str, str] | None = None, resume: dict | None = None
-                   ) -> Iterator[tuple[Step, str | None, Prompt]]:
-    """Every step's prompt as it would be sent, each step once (for --show-prompt).
-
-    With `resume` (a checkpoint), only the remaining steps, with the real earlier results.
-    """
-    state = _RunState(resume)
-    pending: list[str] = []
-    implementer = None
-    for step in workflow.steps[state.next:]:
-        model = resolve_model(workflow, step, models, project.environ)
-        latest: Artifact | str | None = state.latest() if implementer is None else (
-            f"the artifact of step '{implementer}' appears here when the run happens")
-        blocks = collect_context(step, project, latest)
-        ctl = workflow.controller_of(step.index)
-        iteration = state.passes.get(ctl.index, 0) + 1 if ctl else 1
-        yield step, model, build_prompt(workflow, task, step, iteration=iteration,
-                                        history=state.results, blocks=blocks,
-                                        pending=list(pending), secrets=project.secrets)
-        pending.append(f"{step.id} ({step.role})")
-        if step.backend == "opencode":
-            implementer = step.id
-
-
-# == 11. Environment ==========================================================
-
-
-def env_bool(environ: dict[str, str], name: str) -> bool:
-    """The one boolean parser (SPEC §2): 1/true/yes/on, 0/false/no/off/empty; else an error."""
-    value = environ.get(name, "").strip().lower()
-    if value in ("", "0", "false", "no", "off"):
-        return False
-    if value in ("1", "true", "yes", "on"):
-        return True
-    raise UsageError(f"{name} must be a boolean, not {environ[name]!r}",
-                     hint="use 1, true, yes or on; or 0, false, no or off")
-
-
-def wants_live(flag: bool, overrides: dict[str, str], environ: dict[str, str]) -> bool:
-    """Live mode (SPEC §2): --live, a true AETHR_LIVE, or a non-empty model override."""
-    # env_bool comes first: a bad AETHR_LIVE is an error even with --live.
-    return env_bool(environ, "AETHR_LIVE") or flag or bool(overrides) or bool(
-        environ.get("AETHR_MODEL", "").strip())
-
-
-#: Where `aethr auth login PROVIDER` keeps each provider's key.
-AUTH_VARS = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY",
-             "gemini": "GOOGLE_API_KEY", "google": "GOOGLE_API_KEY",
-             "openrouter": "OPENROUTER_API_KEY", "xai": "XAI_API_KEY"}
-_DOTENV_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", '"': '"', "\\": "\\", "$": "$"}
-
-
-class Env(dict):
-    """The environment a run sees: the process's, plus the project's .env (`.dotenv` names)."""
-
-    def __init__(self, base: dict[str, str]) -> None:
-        super().__init__(base)
-        self.dotenv: set[str] = set()
-
-
-def parse_dotenv(text: str) -> tuple[dict[str, str], list[int]]:
-    """`.env` text -> (variables, numbers of the lines that are not KEY=VALUE)."""
-    values: dict[str, str] = {}
-    bad: list[int] = []
-    # Only real line breaks count (str.splitlines() also breaks at U+2028 and friends).
-    for number, line in enumerate(text.lstrip("\ufeff").split("\n"), 1):
-        line = line.rstrip("\r")
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        found = _dotenv_line(line)
-        value = _dotenv_value(found[1]) if found else None
-        if value is None:
-            bad.append(number)
-        else:
-            values[found[0]] = value
-    return values, bad
-
-
-def _dotenv_line(line: str) -> tuple[str, str] | None:
-    """`[export ]KEY=VALUE`, spaces and tabs allowed around each part: (KEY, raw VALUE)."""
-    rest = line.lstrip(" \t")
-    tries = [rest]
-    if rest.startswith(("export ", "export\t")):   # "export =1" sets a variable named export
-        tries.insert(0, rest[7:].lstrip(" \t"))
-    for text in tries:
-        name, eq, raw = text.partition("=")
-        name = name.rstrip(" \t")
-        if eq and name.isascii() and name.isidentifier():
-            return name, raw.lstrip(" \t")
-    return None
-
-
-def _dotenv_value(raw: str) -> str | None:
-    quote = raw[:1]
-    if quote not in ("'", '"'):
-        cuts = [k for k in (raw.find(" #"), raw.find("\t#")) if k >= 0]
-        return raw[:min(cuts, default=len(raw))].strip()
-    # Quoted: up to the closing quote, then nothing but a comment. Only "…" has escapes.
-    out, i = [], 1
-    while i < len(raw) and raw[i] != quote:
-        if quote == '"' and raw[i] == "\\" and i + 1 < len(raw):
-            i += 1                      # an escape: the next character, translated
-            out.append(_DOTENV_ESCAPES.get(raw[i], "\\" + raw[i]))
-        else:
-            out.append(raw[i])
-        i += 1
-    rest = raw[i + 1:].strip()
-    return "".join(out) if i < len(raw) and (not rest or rest.startswith("#")) else None
-
-
-def dotenv_tracked(project: Project) -> bool:
-    """Whether git tracks the project's .env (then it is neither loaded nor written)."""
-    return bool(project.top) and bool(_git(["ls-files", "-z", "--", ".env"], project.root,
-                                           project.environ, check=False)[0])
-
-
-def load_dotenv(project: Project) -> tuple[Env, list[str]]:
-    """The project's `.env` merged under the environment (SPEC §11): (env, warnings)."""
-    env = Env(project.environ)
-    path = os.path.join(project.root, ".env")
-    if not os.path.isfile(path):
-        return env, []
-    if dotenv_tracked(project):
-        return env, [".env is tracked by git, so it was not loaded: a committed .env could "
-                     "point a base URL elsewhere and receive your key (git rm --cached .env)"]
-    try:
-        with open(path, encoding="utf-8") as f:
-            values, bad = parse_dotenv(f.read())
-    except (OSError, UnicodeDecodeError) as exc:
-        return env, [f"cannot read .env, so it was not loaded: {exc}"]
-    for name, value in values.items():
-        if not env.get(name):           # variables already set in the environment win
-            env[name] = value
-            env.dotenv.add(name)
-    return env, [f"{_relative(path)}:{n}: not KEY=VALUE; the line was ignored" for n in bad]
+# -- from 11. Environment: writing .env ---------------------------------------
 
 
 def mask(value: str) -> str:
@@ -4458,21 +5392,7 @@ def write_dotenv_var(path: str, name: str, value: str | None) -> bool:
     return True
 
 
-# == 12. Commands and CLI =====================================================
-
-_TASK_TEMPLATE = (
-    "",
-    "# Write the task for this aethr run above these lines, then save and close the file.",
-    "# These two template lines are removed; an empty task aborts the run.",
-)
-
-
-class _Exit(Exception):
-    """argparse wants to exit (help, version, usage error): unwinds to main()."""
-
-    def __init__(self, status: int) -> None:
-        super().__init__(status)
-        self.status = status
+# -- from 12. Commands and CLI: argparse, auth, editor, checkpoints, resume ---
 
 
 def _parser_class() -> type:
@@ -4608,233 +5528,6 @@ def build_parser(term: Term | None = None) -> tuple[Any, dict[str, Any]]:
     return top, subs
 
 
-#: What the fast path knows of `run` and `check`: their options by kind ("flag", "value",
-#: "append") and their positional ("*": any number of words, or None). build_parser is the
-#: definition; a test holds this table to it.
-_QUICK = {
-    "run": ({"--show-prompt": "flag", "--live": "flag", "--workflow": "value",
-             "--preset": "value", "--model": "append", "--json": "flag", "--verbose": "flag",
-             "--resume-checkpoint": "value", "--force": "flag"}, "task"),
-    "check": ({"--workflow": "value", "--preset": "value", "--live": "flag"}, None),
-}
-
-
-class _Args:
-    """The fast path's result: the attributes argparse's Namespace would have."""
-
-    def __init__(self, **kw: Any) -> None:
-        self.__dict__.update(kw)
-
-
-def _quick_args(argv: list[str]) -> _Args | None:
-    """Parse a plain `run` or `check` command line without argparse, whose import and parser
-    cost more than the rest of `aethr run --show-prompt` (SPEC §12).
-
-    None for anything else (help, '--', a word or value starting with '-', an unknown option,
-    --workflow with --preset): argparse then parses it, and judges it.
-    """
-    i = 0
-    while i < len(argv) and argv[i] == "--no-color":
-        i += 1
-    if i == len(argv) or argv[i] not in _QUICK or "--" in argv:
-        return None
-    options, positional = _QUICK[argv[i]]
-    options = {**options, "--no-color": "flag"}
-    dests = {option: option[2:].replace("-", "_") for option in options}
-    args = {"command": argv[i], "func": globals()["cmd_" + argv[i]]}
-    for option, kind in options.items():
-        args[dests[option]] = [] if kind == "append" else (False if kind == "flag" else None)
-    rest: list[str] = []
-    it = iter(argv[i + 1:])
-    for word in it:
-        if not word.startswith("-") or word == "-":
-            rest.append(word)
-            continue
-        option, eq, value = word.partition("=")
-        kind = options.get(option)
-        if kind is None or (kind == "flag" and eq):
-            return None
-        dest = dests[option]
-        if kind == "flag":
-            args[dest] = True
-            continue
-        if not eq:
-            value = next(it, "-")
-            if value.startswith("-"):
-                return None
-        if kind == "append":
-            args[dest].append(value)
-        else:
-            args[dest] = value
-    if (rest and not positional) or (args["workflow"] is not None and args["preset"] is not None):
-        return None
-    if positional:
-        args[positional] = rest
-    args["no_color"] = args["no_color"] or i > 0
-    return _Args(**args)
-
-
-def _parse_args(argv: list[str], term: Term) -> argparse.Namespace:
-    term.no_color = "--no-color" in argv[:argv.index("--") if "--" in argv else len(argv)]
-    quick = _quick_args(argv)
-    if quick is not None:
-        return quick
-    top, subs = build_parser(term)
-    i = 0
-    while i < len(argv) and argv[i] == "--no-color":
-        i += 1
-    if i == len(argv):
-        top.print_help(sys.stderr)
-        raise _Exit(2)
-    if argv[i] not in subs:
-        return top.parse_args(argv)     # --help, --version, or a usage error
-    name, rest = argv[i], argv[i + 1:]
-    if name == "run":
-        # Options anywhere (SPEC §2): intermixed parsing; '--' ends the options for good.
-        cut = rest.index("--") if "--" in rest else len(rest)
-        args = subs[name].parse_intermixed_args(rest[:cut])
-        args.task = args.task + rest[cut + 1:]
-    else:
-        args = subs[name].parse_args(rest)
-    args.command = name
-    args.no_color = args.no_color or i > 0
-    return args
-
-
-def _model_flags(values: list[str]) -> dict[str, str]:
-    """--model MODEL / --model ROLE=MODEL -> {"*": MODEL, ROLE: MODEL}."""
-    out: dict[str, str] = {}
-    for value in values:
-        role, eq, model = value.partition("=")
-        if not eq or ":" in role:
-            role, model = "*", value
-        role, model = role.strip(), model.strip()
-        if not role or not all(split_model(model)):
-            raise UsageError(f"--model {value!r}: expected MODEL or ROLE=MODEL, with MODEL as "
-                             "provider:model", hint="for example --model openai:gpt-5.5 or "
-                             "--model reviewer=anthropic:claude-sonnet-5")
-        out[role] = model
-    return out
-
-
-def _check_overrides(overrides: dict[str, str], workflow: Workflow, environ: dict[str, str]
-                     ) -> None:
-    """--model ROLE= must name a role; an override's provider must be known (SPEC §2, §3)."""
-    for role in overrides:
-        if role != "*" and role not in workflow.roles:
-            raise UsageError(f"--model {role}=…: {workflow.source} has no role {role!r}",
-                             hint=_did_you_mean(role, workflow.roles)
-                             or "roles: " + ", ".join(workflow.roles))
-    env_model = environ.get("AETHR_MODEL", "").strip()
-    if env_model and not all(split_model(env_model)):
-        raise UsageError(f"AETHR_MODEL={env_model!r} is not provider:model",
-                         hint="for example AETHR_MODEL=openai:gpt-5.5")
-    # OpenCode takes any provider id (SPEC §7): only model steps are checked.
-    for step in workflow.steps:
-        model = overrides.get(step.role) or overrides.get("*") or env_model
-        provider = split_model(model)[0]
-        if step.backend == "model" and model and provider not in PROVIDER_KEYS:
-            where = ("AETHR_MODEL" if model == env_model and not overrides else "--model")
-            raise UsageError(f"{where}: unknown provider {provider!r} in model {model!r}",
-                             hint=_did_you_mean(provider, PROVIDER_KEYS)
-                             or "providers: " + ", ".join(PROVIDER_KEYS))
-
-
-def _find_root(args: argparse.Namespace, term: Term
-               ) -> tuple[str, tuple[str | None, str | None, str | None], str | None]:
-    """(project root, git probe, the .aethr.yaml found or None), per SPEC §2."""
-    try:
-        cwd = os.getcwd()
-    except FileNotFoundError:
-        raise UsageError("the current directory no longer exists",
-                         hint="cd to an existing directory and run again") from None
-    probe = git_probe(cwd, term.environ)
-    top = probe[0]
-    if getattr(args, "workflow", None) or getattr(args, "preset", None):
-        return top or cwd, probe, None
-    here = cwd
-    while True:
-        candidate = os.path.join(here, WORKFLOW_FILE)
-        if os.path.lexists(candidate):
-            return here, probe, candidate
-        wrong = os.path.join(here, ".aethr.yml")
-        if os.path.lexists(wrong):
-            raise ConfigError(f"found {_relative(wrong)}, but aethr reads {WORKFLOW_FILE}",
-                              hint=f"rename it: mv {_relative(wrong)} {_relative(candidate)}")
-        parent = os.path.dirname(here)
-        if top is None or os.path.normcase(here) == os.path.normcase(top) or parent == here:
-            return top or cwd, probe, None
-        here = parent
-
-
-def _open_project(args: argparse.Namespace | None, term: Term, root: str | None = None
-                  ) -> tuple[Project, str | None]:
-    """The project (with its .env loaded, SPEC §11) and the .aethr.yaml found, if any."""
-    if root is None:
-        root, probe, found = _find_root(args, term)
-    else:
-        probe, found = git_probe(root, term.environ), None
-    project = Project(root, term.environ, probe)
-    env, warnings = load_dotenv(project)
-    for warning in warnings:
-        term.warn(warning)
-    project.environ, project.secrets = env, secret_values(env)
-    term.debug = env_bool(env, "AETHR_DEBUG")        # .env may set it too
-    return project, found
-
-
-def _locate(args: argparse.Namespace, term: Term) -> tuple[Project, Workflow]:
-    """The project and its workflow: --workflow, --preset, .aethr.yaml, or the default preset."""
-    project, found = _open_project(args, term)
-    if args.workflow:
-        return project, load_workflow(args.workflow)
-    if args.preset:
-        return project, load_workflow(preset=args.preset)
-    if found:
-        return project, load_workflow(_relative(found))
-    term.note(f"no {WORKFLOW_FILE} found; using the built-in {DEFAULT_PRESET} preset "
-              "(aethr init --list shows the others)")
-    return project, load_workflow(preset=DEFAULT_PRESET)
-
-
-def preflight(workflow: Workflow, project: Project, *, live: bool = False,
-              overrides: dict[str, str] | None = None) -> None:
-    """Check what the run will need before the first step (SPEC §2); exit 2 on problems.
-
-    Always: every git_diff:REV resolves. Live mode: every model step has a model, a known
-    provider and its key; OpenCode steps have the opencode binary and a git repository.
-    """
-    problems: list[tuple[str, int, int, str, str | None]] = []
-    display = workflow.path or f"preset:{workflow.preset}"
-    if live:
-        problems += _live_problems(workflow, project, overrides or {}, display)
-    for step in workflow.steps:
-        for j, source in enumerate(step.context):
-            if not source.startswith("git_diff:"):
-                continue
-            rev = source.partition(":")[2].strip()
-            line, column = workflow.marks.get(("steps", step.index, "context", j), (1, 1))
-            why = None
-            if not project.top:
-                why = f"{source} needs a git repository; {project.root} is not in one"
-            elif not project.head:
-                why = f"{source} needs a commit on the current branch"
-            elif project.git("rev-parse", "--verify", "-q", rev + "^{commit}",
-                             check=False) == "":
-                why = f"{source}: unknown revision {rev!r}"
-            elif _git(["merge-base", rev, "HEAD"], project.top, project.environ,
-                      check=False)[2] != 0:
-                why = f"{source}: {rev!r} has no common ancestor with HEAD"
-            if why:
-                problems.append((display, line, column, why,
-                                 "check the name, or fetch it first (git fetch)"
-                                 if "unknown" in why else None))
-    if problems:
-        problems.sort(key=lambda p: (p[1], p[2]))
-        raise ConfigError(f"{_plural(len(problems), 'problem')} in {display}; nothing was run",
-                          problems=problems)
-
-
 def _live_problems(workflow: Workflow, project: Project, overrides: dict[str, str],
                    display: str) -> list[tuple[str, int, int, str, str | None]]:
     problems, seen = [], set()
@@ -4897,89 +5590,6 @@ def _task_from_editor(term: Term) -> str:
     return "\n".join(line for line in text.splitlines() if line not in template)
 
 
-def _read_task(args: argparse.Namespace, term: Term) -> str:
-    if args.task == ["-"]:
-        try:
-            text = term.inp.read()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise UsageError(f"cannot read the task from standard input: {exc}") from None
-    elif args.task:
-        text = " ".join(args.task)
-    else:
-        text = _task_from_editor(term)
-    if not text.strip():
-        raise UsageError("the task is empty; nothing was run",
-                         hint='aethr run "what you want done"')
-    # Bytes that are not UTF-8 (in argv or on stdin) become U+FFFD, never a crash.
-    return printable(text.strip())
-
-
-def _show_prompts(workflow: Workflow, task: str, project: Project, overrides: dict[str, str],
-                  live: bool, term: Term, resume: dict | None = None) -> int:
-    for step in workflow.steps:
-        for source in step.context:
-            if source.startswith("cmd:"):
-                term.note(f"--show-prompt runs the cmd: context of step '{step.id}': "
-                          f"{source[4:].strip()}")
-    total = len(workflow.steps)
-    for step, model, prompt in render_prompts(workflow, task, project, models=overrides,
-                                              resume=resume):
-        term.write(f"=== step {step.index + 1}/{total}: {step.id} ({step.role}) -> "
-                   f"{step_target(step, model, live)} ===\n")
-        ctl = workflow.controller_of(step.index)
-        if ctl is not None:
-            term.write(f"(in a loop back to '{ctl.repeat.back_to}', at most "
-                       f"{_plural(ctl.repeat.max_iterations, 'pass', 'passes')}: shown once, "
-                       "as the first iteration)\n")
-        term.write(f"--- system ---\n{prompt.system}--- user ---\n{prompt.user}\n")
-    term.status("aethr: --show-prompt printed the prompts; no model or OpenCode was called")
-    return 0
-
-
-def cmd_run(args: argparse.Namespace, term: Term) -> int:
-    """aethr run: locate and validate the workflow, preflight, then run it."""
-    if args.resume_checkpoint:
-        return _resume(args, term)
-    if args.force:
-        raise UsageError("--force goes with --resume-checkpoint")
-    overrides = _model_flags(args.model)
-    env_bool(term.environ, "AETHR_LIVE")        # a bad value fails before anything else
-    project, workflow = _locate(args, term)
-    # .env is loaded by now, so it may set AETHR_LIVE (SPEC §11).
-    live = wants_live(args.live, overrides, project.environ)
-    _check_overrides(overrides, workflow, project.environ)
-    preflight(workflow, project, live=live and not args.show_prompt, overrides=overrides)
-    task = _read_task(args, term)
-    if args.show_prompt:
-        return _show_prompts(workflow, task, project, overrides, live, term)
-    # run_workflow builds the checkpoint itself (AETHR_MODEL folded in as an override).
-    saved = {"task": task, "mode": "live" if live else "mock", "models": overrides}
-    result = _run_saving(args, term, workflow, project, saved, None)
-    if (args.preset or args.model) and workflow.preset and not args.json:
-        _promote(workflow.preset, args.model, live, project.root, term)
-    return 1 if result.verdict == "revise" else 0
-
-
-def _run_saving(args: argparse.Namespace, term: Term, workflow: Workflow, project: Project,
-                saved: dict, path: str | None) -> RunResult:
-    """Run; when a step fails or the run is stopped, write the checkpoint (SPEC §10)."""
-    view = JsonView(term) if args.json else TermView(term)
-    if args.verbose:
-        term.status(f"aethr: root {project.root}; workflow {workflow.source}; mode "
-                    f"{saved['mode']}")
-    try:
-        return run_workflow(workflow, saved["task"], root=project, live=saved["mode"] == "live",
-                            models=saved["models"], env=project.environ, on_event=view,
-                            resume=saved if "state" in saved else None)
-    except (StepFailed, KeyboardInterrupt, BrokenPipeError) as exc:
-        data = getattr(exc, "checkpoint", None)
-        if data is not None:
-            exc.checkpoint_path = _write_checkpoint(  # type: ignore[union-attr]
-                data, path, term, verbose=args.verbose,
-                json_view=view if args.json else None)
-        raise
-
-
 def _write_checkpoint(data: dict, path: str | None, term: Term, *,
                       verbose: bool, json_view: Any) -> str | None:
     """Write a checkpoint (mode 0600, temp directory) and print the resume command."""
@@ -5012,14 +5622,6 @@ def _write_checkpoint(data: dict, path: str | None, term: Term, *,
     if verbose:
         term.status(text)
     return path
-
-
-def _resume_line(exc: BaseException, term: Term) -> None:
-    path = getattr(exc, "checkpoint_path", None)
-    if path:
-        import shlex
-
-        term.status(f"aethr: to resume: aethr run --resume-checkpoint {shlex.quote(path)}")
 
 
 def _load_checkpoint(path: str) -> dict:
@@ -5110,21 +5712,6 @@ def _promote(preset: str, model_flags: list[str], live: bool, root: str, term: T
         term.status("aethr: then run with --live (or AETHR_LIVE=1) to keep it live")
 
 
-def _preset_description(text: str) -> str:
-    # A plain scan, not a regex: `init --list` must not import re (SPEC §12).
-    for line in text.split("\n"):
-        if line.startswith("description:"):
-            return line[len("description:"):].strip().strip("'\"")
-    return ""
-
-
-def _list_presets(stream: Any) -> None:
-    width = max(map(len, PRESETS))
-    for name in sorted(PRESETS):
-        stream.write(f"  {name:<{width}}  {_preset_description(PRESETS[name])}\n")
-    stream.flush()
-
-
 def _model_scalar(text: str) -> str:
     """`text` as a YAML scalar: plain when that reads back the same, else double-quoted."""
     import json
@@ -5162,82 +5749,6 @@ def pin_models(text: str, overrides: dict[str, str]) -> str:
         at = keys[("steps",)][0] - 1 if ("steps",) in keys else len(lines)
         lines[at:at] = block
     return "\n".join(lines) + "\n"
-
-
-def cmd_init(args: argparse.Namespace, term: Term) -> int:
-    """aethr init: write .aethr.yaml from a preset."""
-    if args.list:
-        _list_presets(term.out)
-        return 0
-    if not args.preset:
-        term.status("presets:")
-        _list_presets(term.err)
-        raise UsageError("no preset given", hint="pick one: aethr init NAME, for example "
-                         "aethr init plan-implement-review")
-    if args.preset not in PRESETS:
-        raise UsageError(f"unknown preset {args.preset!r}",
-                         hint=_did_you_mean(args.preset, PRESETS) or "aethr init --list shows "
-                         "the presets")
-    target = WORKFLOW_FILE
-    if os.path.isdir(target):
-        raise UsageError(f"{target} is a directory; nothing was written")
-    if os.path.lexists(target) and not args.force:
-        raise UsageError(f"{target} already exists; it was left as it is",
-                         hint="use --force to overwrite it")
-    text = PRESETS[args.preset]
-    overrides = _model_flags(args.model)
-    if overrides:
-        _check_overrides(overrides, load_workflow(preset=args.preset), {})
-        text = pin_models(text, overrides)
-        load_workflow(WORKFLOW_FILE, text=text)
-    try:
-        with open(target, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-    except OSError as exc:
-        raise UsageError(f"cannot write {target}: {exc.strerror or exc}") from None
-    term.status(f"aethr: wrote {target} from preset {args.preset}")
-    term.status('aethr: next: aethr check, then aethr run "your task" (mock mode calls no model)')
-    return 0
-
-
-def _check_summary(workflow: Workflow, project: Project, live: bool) -> list[str]:
-    rows = []
-    for step in workflow.steps:
-        model = resolve_model(workflow, step, {}, project.environ)
-        target = step_target(step, model, live=True)
-        extra = ", ".join(step.context) or "no context"
-        if step.history_visibility != "all":
-            extra += f"; history {step.history_visibility}"
-        rows.append((f"{step.index + 1}.", step.id, step.role, target, extra, step))
-    widths = [max(len(r[k]) for r in rows) for k in range(4)]
-    out = [f"workflow  {workflow.name} ({workflow.source})"]
-    if workflow.description:
-        out.append(f"          {workflow.description.strip()}")
-    out += [f"root      {project.root}",
-            "mode      " + ("live: each model step calls its model" if live else
-                             "mock: no model is called (the default; --live calls them)"),
-            f"steps     {len(rows)}"]
-    for *cols, extra, step in rows:
-        cells = "  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True))
-        out.append(f"  {cells}  {extra}")
-        if step.repeat:
-            until = ("the review status is pass" if step.repeat.until_review_pass
-                     else f"the answer contains {step.repeat.until_contains!r}")
-            out.append(" " * (4 + widths[0]) + f"repeat: back to {step.repeat.back_to} until "
-                       f"{until}, at most {_plural(step.repeat.max_iterations, 'pass', 'passes')}")
-    return out
-
-
-def cmd_check(args: argparse.Namespace, term: Term) -> int:
-    """aethr check: validate the workflow and print a one-screen summary."""
-    project, workflow = _locate(args, term)
-    live = wants_live(args.live, {}, project.environ)
-    _check_overrides({}, workflow, project.environ)
-    preflight(workflow, project, live=args.live)
-    for line in _check_summary(workflow, project, live):
-        term.write(line + "\n")
-    term.status(f"aethr: {workflow.source} is valid")
-    return 0
 
 
 def _read_key(args: argparse.Namespace, term: Term, var: str) -> str:
@@ -5316,434 +5827,8 @@ def cmd_auth(args: argparse.Namespace, term: Term) -> int:
     if term.environ.get(var):
         term.warn(f"{var} is also set in the environment, and that value wins over .env")
     return 0
+'''
 
-
-def cmd_version(args: argparse.Namespace, term: Term) -> int:
-    """aethr version: `aethr X.Y.Z`."""
-    term.write(f"aethr {__version__}\n")
-    return 0
-
-
-def _setup_streams() -> None:
-    # A closed standard descriptor (`2>&-`) becomes /dev/null, as git does: what is written to
-    # it is dropped instead of failing the run, and no pipe or file aethr opens can land on it.
-    for fd, name in enumerate(("stdin", "stdout", "stderr")):
-        try:
-            os.fstat(fd)
-        except OSError:
-            os.set_inheritable(os.open(os.devnull, os.O_RDWR), True)  # the lowest free: fd
-        if getattr(sys, name) is None:
-            setattr(sys, name, open(fd, "r" if fd == 0 else "w", encoding="utf-8",
-                                    errors="replace", closefd=False))
-    # A redirected stdout is written as UTF-8 (SPEC §1); a console whose encoding cannot
-    # show a character gets a replacement instead of a crash (cp1252).
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            if stream.isatty():
-                stream.reconfigure(errors="replace")
-            else:
-                stream.reconfigure(encoding="utf-8", errors="replace")
-        except (AttributeError, ValueError, OSError):
-            pass
-
-
-def main(argv: list[str] | None = None, term: Term | None = None) -> int:
-    """The command line: returns the exit status (SPEC §2)."""
-    if term is None:
-        _setup_streams()
-        term = Term()
-    argv = sys.argv[1:] if argv is None else list(argv)
-    try:
-        # `version` and `init --list` answer before argparse is even imported (SPEC §12).
-        words = [a for a in argv if a != "--no-color"]
-        if words in (["version"], ["--version"]):
-            term.write(f"aethr {__version__}\n")
-            return 0
-        if words == ["init", "--list"]:
-            _list_presets(term.out)
-            return 0
-        args = _parse_args(argv, term)
-        term.no_color = args.no_color
-        term.debug = env_bool(term.environ, "AETHR_DEBUG")
-        return args.func(args, term)
-    except _Exit as exc:
-        return exc.status
-    except AethrError as exc:
-        term.error(exc, traceback=term.debug)
-        _resume_line(exc, term)
-        return exc.exit_code
-    except KeyboardInterrupt as exc:
-        term.status("aethr: interrupted")
-        _resume_line(exc, term)
-        return 130
-    except BrokenPipeError as exc:
-        # `aethr run … | head -1`: stop quietly; keep Python from complaining at exit.
-        if term.out is sys.stdout:
-            try:
-                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            except (OSError, ValueError):
-                pass
-        _resume_line(exc, term)
-        return 141
-    except Exception:
-        term.bug()
-        return 70
-
-
-# == 13. Built-in data (presets) ==============================================
-
-# BEGIN PRESETS (generated by make presets from presets/*.yaml; do not edit)
-PRESETS = {
-    "add-tests": (
-        "# Find behaviour that the tests do not cover yet, write tests for it with OpenCode, then\n"
-        "# review the new tests (with a fresh test run) until the reviewer passes them.\n"
-        "#\n"
-        "# Adapt the globs and the test command to your project's layout and test runner.\n"
-        "workflow: add-tests\n"
-        "description: Find untested behaviour, write tests with OpenCode, review them\n"
-        "roles:\n"
-        "  analyst: |\n"
-        "    You find behaviour that the existing tests do not cover. Do not write the tests.\n"
-        "    Compare the code in the context (and the uncommitted diff, if any) with the tests.\n"
-        "    List the gaps, most valuable first, at most ten. For each give:\n"
-        "    - the function or code path (path:line) and the behaviour to pin down;\n"
-        "    - the cases to test: normal input, edge cases, errors, and any bug you suspect;\n"
-        "    - which existing test file it belongs in, following the suite's conventions.\n"
-        "    Prefer behaviour a user relies on and code that changed recently over trivia.\n"
-        "    Do not propose tests of private details that would break on a harmless refactor.\n"
-        "  test_writer: |\n"
-        "    You add tests to the working tree for the gaps listed by the analyst.\n"
-        "    Follow the existing suite: its framework, fixtures, file layout and naming.\n"
-        "    Each test checks one behaviour and has a name that says which. Assert on results,\n"
-        "    not on implementation details; no sleeps, no network, no dependence on test order.\n"
-        "    Do not change the code under test. If a test exposes a real bug, keep the test,\n"
-        "    mark it as an expected failure the way the suite does, and report the bug.\n"
-        "    If a reviewer has listed findings, fix the high and medium ones first.\n"
-        "    Run the new tests, then the whole suite. Reply with a short summary: the tests you\n"
-        "    added, the results, and any bug you found.\n"
-        "  reviewer: |\n"
-        "    You review newly added tests: their diff is in the history, a fresh test run in\n"
-        "    the context.\n"
-        "    Check: that each test would fail if the behaviour it names broke (no assertion-free\n"
-        "    or tautological tests, no mocks that replace the code under test); that the listed\n"
-        "    gaps are covered; that tests are deterministic and independent; that they follow the\n"
-        "    suite's conventions; that the code under test was not changed; that the run passes.\n"
-        "    List each finding on its own line as:\n"
-        "    - [high|medium|low] path:line: the problem, and the fix you suggest\n"
-        "    high: a failing or flaky test, a test that cannot fail, or changed production code.\n"
-        "    medium: a listed gap left uncovered, a missing edge case, or a brittle assertion.\n"
-        "    low: naming, style, duplication or small simplifications.\n"
-        '    Write "No findings." when there are none.\n'
-        "    Finish with a last line that is exactly one of these two, with nothing after it:\n"
-        "    Review status: pass\n"
-        "    Review status: revise\n"
-        "    Use pass only when there are no high and no medium findings; otherwise use revise.\n"
-        "models:\n"
-        "  default: openai:gpt-5.4-mini      # roles without an entry (here the test_writer)\n"
-        "  analyst: openai:gpt-5.5\n"
-        "  reviewer: openai:gpt-5.5\n"
-        "steps:\n"
-        "  - id: find-gaps\n"
-        "    role: analyst\n"
-        "    context: [git_diff, glob:src/**/*.py, glob:*.py, glob:tests/**/*.py]\n"
-        "  - id: write-tests\n"
-        "    role: test_writer\n"
-        "    backend: opencode\n"
-        "  - id: review\n"
-        "    role: reviewer\n"
-        "    # The history (default: all) holds the analyst's list and the newest test diff\n"
-        "    # with its patch, so latest_diff would only repeat it.\n"
-        '    context: ["cmd:python3 -m pytest -q"]\n'
-        "    repeat:\n"
-        "      back_to: write-tests\n"
-        "      until_review_pass: true\n"
-        "      max_iterations: 3\n"
-    ),
-    "custom": (
-        "# A starting point for your own workflow. Every key is shown once; delete what you do\n"
-        "# not need. `aethr check` validates this file and summarises it; `aethr run\n"
-        '# --show-prompt "TASK"` prints each step\'s prompt without calling a model.\n'
-        "#\n"
-        "# A run is: task + these steps, in order. Each step sees only the task, what\n"
-        "# history_visibility lets through from earlier steps, and the context it lists.\n"
-        "\n"
-        "# Name shown in the output.\n"
-        "workflow: custom\n"
-        "# One line, shown by `aethr init --list`.\n"
-        "description: A commented starting point showing every key\n"
-        "# Role name -> instruction (the system prompt of every step with that role).\n"
-        "roles:\n"
-        "  worker: |\n"
-        "    Do the task in the working tree. Keep the change small and focused, follow the\n"
-        "    code's existing conventions, and add or update tests for what you change. If a\n"
-        "    reviewer has listed findings, fix the high and medium ones first. Reply with a\n"
-        "    short summary of what you changed and how you checked it.\n"
-        "  reviewer: |\n"
-        "    Review the latest change against the task. List each finding on its own line as:\n"
-        "    - [high|medium|low] path:line: the problem, and the fix you suggest\n"
-        "    high: a bug, a security hole, or part of the task left undone.\n"
-        "    medium: a missing test, an unhandled edge case, or a maintenance problem.\n"
-        "    low: naming, style, wording or small simplifications.\n"
-        '    Write "No findings." when there are none.\n'
-        "    Finish with a last line that is exactly one of these two, with nothing after it:\n"
-        "    Review status: pass\n"
-        "    Review status: revise\n"
-        "    Use pass only when there are no high and no medium findings; otherwise use revise.\n"
-        "# Role name -> model as provider:model (openai, anthropic, gemini, openrouter, xai,\n"
-        '# ollama). "default" covers roles without an entry. `--model` and AETHR_MODEL override.\n'
-        "models:\n"
-        "  default: openai:gpt-5.4-mini\n"
-        "  worker: openai:gpt-5.5\n"
-        "steps:\n"
-        "  - id: work                      # unique step id, used by repeat.back_to\n"
-        "    role: worker                  # a key of roles\n"
-        "    backend: opencode             # model (default, one model call) | opencode (edits)\n"
-        "    unsafe_permissions: false     # opencode only: true skips OpenCode's permission asks\n"
-        "    timeout: 1800                 # seconds before the step is stopped (default 1800)\n"
-        "    # Context sources, shown in this order: git_diff, git_diff:REV, latest_diff,\n"
-        "    # file:PATH, glob:PATTERN, cmd:COMMAND (a shell command run in the project root;\n"
-        '    # quote an entry that holds ": ", " #" or a comma).\n'
-        "    context: [git_diff, file:README.md]\n"
-        "  - id: review\n"
-        "    role: reviewer\n"
-        "    model: openai:gpt-5.5         # this step only; wins over models.reviewer\n"
-        "    max_tokens: 4096              # model steps only: cap on the answer's length\n"
-        "    history_visibility: latest    # all (default) | latest | summary | none\n"
-        "    context: [latest_diff]\n"
-        "    repeat:                       # after this step, maybe go back\n"
-        "      back_to: work               # first step of the repeated slice (this or earlier)\n"
-        '      until_review_pass: true     # stop at "Review status: pass"\n'
-        '      # until_contains: "DONE"    # or: stop once the answer contains this text\n'
-        "      max_iterations: 3           # passes through the slice, 1..50\n"
-    ),
-    "debug-failing-test": (
-        "# Diagnose a failing test, fix it with OpenCode, then re-run the tests and review the\n"
-        "# fix, going back to the fix until the tests pass and the reviewer agrees (at most 3\n"
-        "# passes).\n"
-        "#\n"
-        "# Adapt the test command to your project: both the diagnose and the verify step run it\n"
-        '# in the project root (e.g. "cmd:npm test", "cmd:go test ./...", "cmd:cargo test",\n'
-        '# "cmd:py -m pytest -x -q" on Windows). Aethr records its exit status and its stdout\n'
-        '# and stderr, keeping the head and the tail of long output, so no "| tail" is needed\n'
-        "# (a pipe would also hide the test runner's exit status). A command is stopped after\n"
-        "# 300 s, or after the step's timeout if that is shorter.\n"
-        "workflow: debug-failing-test\n"
-        "description: Diagnose a failing test, fix it with OpenCode, re-run and review\n"
-        "roles:\n"
-        "  diagnoser: |\n"
-        "    You diagnose a failing test. Do not write the fix.\n"
-        "    From the test output, the uncommitted diff and the task, answer with:\n"
-        "    1. Failure: which test fails, and the exact assertion or error quoted from the\n"
-        "       output.\n"
-        "    2. Cause: the root cause in the code under test (path and function), with the\n"
-        "       evidence for it. Separate what the output shows from what you infer.\n"
-        "    3. Fix: the smallest change that removes the cause, file by file. Say whether the\n"
-        "       test itself is wrong instead, and why, before proposing to change a test.\n"
-        "    4. Check: how to confirm the fix, and which other tests could be affected.\n"
-        "    If the output shows no failure, say so and stop.\n"
-        "  fixer: |\n"
-        "    You fix the failing test in the working tree, following the diagnosis.\n"
-        "    Change the code under test, not the test, unless the diagnosis shows the test is\n"
-        "    wrong. Make the smallest change that fixes the root cause; do not silence the error,\n"
-        "    skip the test or loosen its assertion. If a reviewer has listed findings, fix the\n"
-        "    high and medium ones first. Run the failing test, then the whole suite.\n"
-        "    Reply with a short summary: the cause, what you changed, and the test results.\n"
-        "  verifier: |\n"
-        "    You verify a fix for a failing test. The context holds the fresh test output and\n"
-        "    the diff of the fix. Check: that the originally failing test now passes and no\n"
-        "    other test fails; that the fix addresses the root cause rather than the symptom;\n"
-        "    that no test was skipped, deleted or weakened to make it pass; and that the diff\n"
-        "    has no unrelated changes. Quote the test summary line.\n"
-        "    List each finding on its own line as:\n"
-        "    - [high|medium|low] path:line: the problem, and the fix you suggest\n"
-        "    high: a test still fails, a test was weakened, or the fix is wrong.\n"
-        "    medium: the fix treats a symptom, misses a similar case, or lacks a regression test.\n"
-        "    low: naming, style, wording or small simplifications.\n"
-        '    Write "No findings." when there are none.\n'
-        "    Finish with a last line that is exactly one of these two, with nothing after it:\n"
-        "    Review status: pass\n"
-        "    Review status: revise\n"
-        "    Use pass only when there are no high and no medium findings; otherwise use revise.\n"
-        "models:\n"
-        "  default: openai:gpt-5.4-mini      # roles without an entry (here the fixer)\n"
-        "  diagnoser: openai:gpt-5.5\n"
-        "  verifier: openai:gpt-5.5\n"
-        "steps:\n"
-        "  - id: diagnose\n"
-        "    role: diagnoser\n"
-        "    context:\n"
-        '      - "cmd:python3 -m pytest -x -q"\n'
-        "      - git_diff\n"
-        "  - id: fix\n"
-        "    role: fixer\n"
-        "    backend: opencode\n"
-        "  - id: verify\n"
-        "    role: verifier\n"
-        "    history_visibility: summary\n"
-        "    context:\n"
-        '      - "cmd:python3 -m pytest -x -q"\n'
-        "      - latest_diff\n"
-        "    repeat:\n"
-        "      back_to: fix\n"
-        "      until_review_pass: true\n"
-        "      max_iterations: 3\n"
-    ),
-    "docs-sync": (
-        "# Bring the documentation in line with the code: find what the uncommitted changes made\n"
-        "# stale or left undocumented, update the docs with OpenCode, then review the update.\n"
-        "workflow: docs-sync\n"
-        "description: Update the docs to match the uncommitted code changes\n"
-        "roles:\n"
-        "  auditor: |\n"
-        "    You compare documentation with the code changes in the diff. Do not edit anything.\n"
-        "    List every place where the docs in the context are now wrong, stale or silent:\n"
-        "    - renamed or removed commands, options, functions, settings or files;\n"
-        "    - changed defaults, behaviour, output or error messages;\n"
-        "    - new features, options or requirements that no doc mentions;\n"
-        "    - examples and code blocks that would no longer run as written.\n"
-        "    For each: the doc (path and heading), what it says now, what it should say, and the\n"
-        "    code (path:line) that shows it. Say plainly when the docs need no change.\n"
-        "  doc_writer: |\n"
-        "    You update the documentation in the working tree, following the auditor's list.\n"
-        "    Edit only documentation files (*.md and similar), not code. Match each document's\n"
-        "    existing tone, structure and formatting; change what is wrong rather than rewriting\n"
-        "    whole sections. Keep examples runnable and consistent with the code. If a reviewer\n"
-        "    has listed findings, fix the high and medium ones first.\n"
-        "    Reply with a short summary of what you changed, file by file.\n"
-        "  reviewer: |\n"
-        "    You review a documentation update against the code changes it describes.\n"
-        "    Check: every statement is true of the code as it is now; nothing the auditor listed\n"
-        "    was missed; examples and commands would work as written; no code file was changed;\n"
-        "    the style matches the surrounding docs; links and headings still resolve.\n"
-        "    List each finding on its own line as:\n"
-        "    - [high|medium|low] path:line: the problem, and the fix you suggest\n"
-        "    high: a false statement, a broken example, or a changed code file.\n"
-        "    medium: a listed item left out, or an unclear or misleading explanation.\n"
-        "    low: wording, typos, formatting or small simplifications.\n"
-        '    Write "No findings." when there are none.\n'
-        "    Finish with a last line that is exactly one of these two, with nothing after it:\n"
-        "    Review status: pass\n"
-        "    Review status: revise\n"
-        "    Use pass only when there are no high and no medium findings; otherwise use revise.\n"
-        "models:\n"
-        "  default: openai:gpt-5.4-mini      # roles without an entry (auditor, doc_writer)\n"
-        "  reviewer: openai:gpt-5.5\n"
-        "steps:\n"
-        "  - id: audit\n"
-        "    role: auditor\n"
-        "    # A glob shows at most 40 files (160 KiB); narrow it (e.g. glob:docs/**/*.md) if\n"
-        "    # your docs are larger.\n"
-        "    context: [git_diff, file:README.md, glob:**/*.md]\n"
-        "  - id: update-docs\n"
-        "    role: doc_writer\n"
-        "    backend: opencode\n"
-        "  - id: review\n"
-        "    role: reviewer\n"
-        "    history_visibility: summary\n"
-        "    context: [git_diff, latest_diff]\n"
-        "    repeat:\n"
-        "      back_to: update-docs\n"
-        "      until_review_pass: true\n"
-        "      max_iterations: 2\n"
-    ),
-    "plan-implement-review": (
-        "# Plan a change, implement it with OpenCode, then review the implementation and send\n"
-        "# it back to OpenCode until the reviewer passes it (at most 3 passes through implement\n"
-        "# and review).\n"
-        "workflow: plan-implement-review\n"
-        "description: Plan a change, implement it with OpenCode, review until it passes\n"
-        "roles:\n"
-        "  planner: |\n"
-        "    You plan a code change that another engineer will implement. Do not write the code.\n"
-        "    Read the task, the uncommitted diff and the README, then answer with:\n"
-        "    1. Goal: one or two sentences on what must be true when the work is done.\n"
-        "    2. Files: each file to change or create, what changes in it and why.\n"
-        "    3. Steps: a short numbered list in the order to do them, each small enough to check.\n"
-        "    4. Tests: the tests to add or update, each with the behaviour it proves.\n"
-        "    5. Risks: edge cases, compatibility concerns and anything the task leaves open,\n"
-        "       with the assumption you made for each.\n"
-        "    Keep to what the task asks: no unrelated refactoring, no new dependencies unless the\n"
-        "    task needs them. Follow the conventions the existing code already uses.\n"
-        "  implementer: |\n"
-        "    You implement a planned change directly in the working tree.\n"
-        "    Follow the plan from the previous step. If a reviewer has already listed findings,\n"
-        "    fix every high and medium finding first, then the low ones that are cheap to fix.\n"
-        "    Add or update tests for the behaviour you change and run them. Keep the diff\n"
-        "    focused: no unrelated edits, no reformatting of untouched code, no new dependencies\n"
-        "    unless the plan calls for them. When you finish, reply with a short summary: what\n"
-        "    you changed, which tests you ran and their result, and anything you could not do\n"
-        "    and why.\n"
-        "  reviewer: |\n"
-        "    You review the latest implementation (its diff is in the context) against the task\n"
-        "    and the plan. Check, in order: correctness and edge cases; that the task and the\n"
-        "    plan are fully done; tests that would fail if the change broke; error handling;\n"
-        "    security (injection, secrets, unsafe file or shell use); readability and\n"
-        "    consistency with the surrounding code. Do not restate the diff and do not praise it.\n"
-        "    List each finding on its own line as:\n"
-        "    - [high|medium|low] path:line: the problem, and the fix you suggest\n"
-        "    high: a bug, data loss, a security hole, or a part of the task left undone.\n"
-        "    medium: a missing test, an unhandled edge case, or a likely maintenance problem.\n"
-        "    low: naming, style, wording or small simplifications.\n"
-        '    Write "No findings." when there are none.\n'
-        "    Finish with a last line that is exactly one of these two, with nothing after it:\n"
-        "    Review status: pass\n"
-        "    Review status: revise\n"
-        "    Use pass only when there are no high and no medium findings; otherwise use revise.\n"
-        "models:\n"
-        "  default: openai:gpt-5.4-mini      # roles without an entry (here the implementer)\n"
-        "  planner: openai:gpt-5.5\n"
-        "  reviewer: openai:gpt-5.5\n"
-        "steps:\n"
-        "  - id: plan\n"
-        "    role: planner\n"
-        "    context: [git_diff, file:README.md]\n"
-        "  - id: implement\n"
-        "    role: implementer\n"
-        "    backend: opencode\n"
-        "  - id: review\n"
-        "    role: reviewer\n"
-        "    history_visibility: latest\n"
-        "    context: [latest_diff]\n"
-        "    repeat:\n"
-        "      back_to: implement\n"
-        "      until_review_pass: true\n"
-        "      max_iterations: 3\n"
-    ),
-    "review-existing-diff": (
-        "# Review the uncommitted changes in this repository (staged, unstaged and new files).\n"
-        "# This is the workflow `aethr run` uses when a repository has no .aethr.yaml.\n"
-        "workflow: review-existing-diff\n"
-        "description: Review the uncommitted changes in the working tree\n"
-        "roles:\n"
-        "  reviewer: |\n"
-        "    You review uncommitted changes to a code base before they are committed. The diff\n"
-        "    against HEAD is in the context; new files appear as added in full. Use the task, if\n"
-        "    given, as the intent of the change.\n"
-        "    Check, in order: correctness and edge cases; that the change does what it sets out\n"
-        "    to do; tests that cover it (and would fail if it broke); error handling; security\n"
-        "    (injection, secrets committed by mistake, unsafe file or shell use); readability\n"
-        "    and consistency with the surrounding code; leftovers such as debug prints,\n"
-        "    commented-out code or stray files. Do not restate the diff and do not praise it.\n"
-        "    List each finding on its own line as:\n"
-        "    - [high|medium|low] path:line: the problem, and the fix you suggest\n"
-        "    high: a bug, data loss, a security hole, or a change that cannot work as intended.\n"
-        "    medium: a missing test, an unhandled edge case, or a likely maintenance problem.\n"
-        "    low: naming, style, wording or small simplifications.\n"
-        '    Write "No findings." when there are none. If the diff is empty, say so.\n'
-        "    Finish with a last line that is exactly one of these two, with nothing after it:\n"
-        "    Review status: pass\n"
-        "    Review status: revise\n"
-        "    Use pass only when there are no high and no medium findings; otherwise use revise.\n"
-        "models:\n"
-        "  default: openai:gpt-5.4-mini      # roles without an entry\n"
-        "  reviewer: openai:gpt-5.5\n"
-        "steps:\n"
-        "  - id: review\n"
-        "    role: reviewer\n"
-        "    context: [git_diff]\n"
-    ),
-}
-# END PRESETS
 
 if __name__ == "__main__":
     sys.modules.setdefault("aethr", sys.modules[__name__])
