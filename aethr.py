@@ -3223,8 +3223,27 @@ def cmd_run(args: argparse.Namespace, term: Term) -> int:
     saved = {"task": task, "mode": "live" if live else "mock", "models": overrides}
     result = _run_saving(args, term, workflow, project, saved, None)
     if (args.preset or args.model) and workflow.preset and not args.json:
-        _lazy()._promote(workflow.preset, args.model, live, project.root, term)
+        _promote(workflow.preset, args.model, live, project.root, term)
     return 1 if result.verdict == "revise" else 0
+
+
+def _promote(preset: str, model_flags: list[str], live: bool, root: str, term: Term) -> None:
+    """Workflow promotion (SPEC §9): the one `aethr init` command that saves this setup.
+
+    `init` writes in the current directory, which becomes the project root: from a
+    subdirectory the command first goes to the root this run used.
+    """
+    import shlex
+
+    words = ["aethr", "init", preset] + [w for m in model_flags for w in ("--model", m)]
+    if os.path.lexists(os.path.join(root, WORKFLOW_FILE)):
+        words.append("--force")
+    command = shlex.join(words)
+    if os.path.realpath(root) != os.path.realpath(os.getcwd()):
+        command = f"cd {shlex.quote(_relative(root))} && {command}"
+    term.status(f"aethr: to save this setup as {WORKFLOW_FILE}: {command}")
+    if live:
+        term.status("aethr: then run with --live (or AETHR_LIVE=1) to keep it live")
 
 
 def _run_saving(args: argparse.Namespace, term: Term, workflow: Workflow, project: Project,
@@ -3774,16 +3793,18 @@ PRESETS = {
 # END PRESETS
 
 # == 14. Compiled on first use: live runs, auth, resume, argparse =============
-# What `version`, `init --list`, `check`, `--show-prompt` and a mock run never need:
-# the HTTP clients and the six providers' wire formats, the OpenCode bridge, `auth`,
-# checkpoints and resume, the task editor, pinned models and the argparse definitions.
-# `python3 aethr.py` compiles the whole file on every run (no bytecode cache for a
-# script), and compiling all of it took longer than the rest of start-up together; as
-# source text it costs nearly nothing until `_lazy()` compiles it, once, into this
-# module's globals (section 1). It is ordinary code in every other way: it keeps its
-# line numbers in this file (tracebacks, debuggers, inspect), tests lint it with ruff
-# as if the two quote lines were not there, and a test checks that the sections above
-# reach it only through `_lazy()`.
+# The code that `version`, `init --list`, `check`, `run --show-prompt` and mock runs never
+# need: the HTTP client and the live providers, OpenCode's live run, checkpoints and
+# resume, `auth`, the task editor, `init --model`, and argparse (help, usage errors,
+# `init NAME`). `python3 aethr.py` compiles the whole file before it runs a line, and
+# compile time grows with the code's tokens: with this third of them compiled as well,
+# `python3 aethr.py version` took 6.6x `python3 -c pass` (SPEC §12: at most 5x). As
+# source text it costs next to nothing until `_lazy()` (section 1) compiles it, once, into
+# this module's globals: a lazy import of our own code. Otherwise it is ordinary code. It
+# keeps its line numbers in this file (tracebacks, debuggers, inspect), and
+# tests/test_lazy.py lints it with ruff as if the quotes were not there and checks that
+# sections 1-13 reach it only as `_lazy().name`. Compiling it takes 25-40 ms, once per
+# process, in the commands that need it.
 
 #: The line of this file on which `_LAZY = r'''` stands: compiled, its code keeps its lines.
 _LAZY_LINE = sys._getframe().f_lineno + 1
@@ -5691,25 +5712,6 @@ def _resume(args: argparse.Namespace, term: Term) -> int:
     result = _run_saving(args, term, workflow, project, saved, path)
     os.unlink(path)                     # completed: nothing is left behind
     return 1 if result.verdict == "revise" else 0
-
-
-def _promote(preset: str, model_flags: list[str], live: bool, root: str, term: Term) -> None:
-    """Workflow promotion (SPEC §9): the one `aethr init` command that saves this setup.
-
-    `init` writes in the current directory, which becomes the project root: from a
-    subdirectory the command first goes to the root this run used.
-    """
-    import shlex
-
-    words = ["aethr", "init", preset] + [w for m in model_flags for w in ("--model", m)]
-    if os.path.lexists(os.path.join(root, WORKFLOW_FILE)):
-        words.append("--force")
-    command = shlex.join(words)
-    if os.path.realpath(root) != os.path.realpath(os.getcwd()):
-        command = f"cd {shlex.quote(_relative(root))} && {command}"
-    term.status(f"aethr: to save this setup as {WORKFLOW_FILE}: {command}")
-    if live:
-        term.status("aethr: then run with --live (or AETHR_LIVE=1) to keep it live")
 
 
 def _model_scalar(text: str) -> str:
