@@ -3793,15 +3793,15 @@ PRESETS = {
 # END PRESETS
 
 # == 14. Compiled on first use: live runs, auth, resume, argparse =============
-# The code that `version`, `init --list`, `check`, `run --show-prompt` and mock runs never
-# need: the HTTP client and the live providers, OpenCode's live run, checkpoints and
-# resume, `auth`, the task editor, `init --model`, and argparse (help, usage errors,
-# `init NAME`). `python3 aethr.py` compiles the whole file before it runs a line, and
-# compile time grows with the code's tokens: with this third of them compiled as well,
-# `python3 aethr.py version` took 6.6x `python3 -c pass` (SPEC §12: at most 5x). As
-# source text it costs next to nothing until `_lazy()` (section 1) compiles it, once, into
-# this module's globals: a lazy import of our own code. Otherwise it is ordinary code. It
-# keeps its line numbers in this file (tracebacks, debuggers, inspect), and
+# The code that `version`, `init --list`, `check`, `run --show-prompt` and a mock run
+# that succeeds never need: the HTTP client and the live providers, OpenCode's live run,
+# checkpoints and resume, `auth`, the task editor, `init --model`, and argparse (help,
+# usage errors, `init NAME`). `python3 aethr.py` compiles the whole file before it runs a
+# line, and compile time grows with the code's tokens: with this third of them compiled
+# as well, `python3 aethr.py version` took 6.6x `python3 -c pass` (SPEC §12: at most 5x).
+# As source text it costs next to nothing until `_lazy()` (section 1) compiles it, once,
+# into this module's globals: a lazy import of our own code. Otherwise it is ordinary
+# code. It keeps its line numbers in this file (tracebacks, debuggers, inspect), and
 # tests/test_lazy.py lints it with ruff as if the quotes were not there and checks that
 # sections 1-13 reach it only as `_lazy().name`. Compiling it takes 25-40 ms, once per
 # process, in the commands that need it.
