@@ -13,16 +13,16 @@ Standard library only: works copied alone (python3 aethr.py ...), installed
 (aethr ...), as python3 -m aethr, and vendored (import aethr).
 
 Sections (grep "# == N." to jump). Code in a section uses only the sections
-above it; any function may read section 13 data at call time, and reaches
-section 14 (source text, compiled on first use) through _lazy():
-  1. Version and constants        8. Providers (mock; live ones in 14)
+above it, reaches section 13 (source text, compiled on first use) through
+_lazy(), and may read section 14 data at call time:
+  1. Version and constants        8. Providers (mock; live ones in 13)
   2. Errors                       9. Backends (model, OpenCode) and artifacts
   3. Terminal output             10. Runner (steps, loops, events)
   4. YAML-subset parser          11. Environment (booleans, secrets)
-  5. Workflow: load and validate 12. Commands and CLI (main)
-  6. Context sources             13. Built-in data (presets)
-  7. Prompts                     14. Compiled on first use: live runs, auth,
-                                     resume, argparse
+  5. Workflow: load and validate 12. Commands and CLI (argparse, main)
+  6. Context sources             13. Compiled on first use: live runs, auth,
+  7. Prompts                         resume
+                                 14. Built-in data (presets)
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
     import re
-    from collections.abc import Callable, Iterable, Iterator  # noqa: F401 (section 14)
+    from collections.abc import Callable, Iterable, Iterator  # noqa: F401 (section 13)
     from typing import IO, Any
 
 __all__ = [
@@ -87,8 +87,20 @@ _LAZY_LOCK = _thread.allocate_lock()
 _lazy_done = False
 
 
+class _Globals:
+    """This module's globals as attributes, whatever name the module was loaded under."""
+
+    __slots__ = ()
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return globals()[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
 def _lazy() -> Any:
-    """This module, with section 14 compiled into it on first use: `_lazy().name(...)`."""
+    """This module's globals, section 13 compiled into them on first use: `_lazy().name`."""
     global _lazy_done
     if not _lazy_done:
         with _LAZY_LOCK:    # threads of an API user must not define its classes twice
@@ -96,13 +108,17 @@ def _lazy() -> Any:
                 code = compile("\n" * (_LAZY_LINE - 1) + _LAZY, __file__, "exec")
                 exec(code, globals())
                 _lazy_done = True
-    return sys.modules[__name__]
+    return _Globals()
 
 
 def __getattr__(name: str) -> Any:
-    """`aethr.OpenAIProvider` and every other name of section 14 (PEP 562)."""
-    if not name.startswith("__") and name in vars(_lazy()):
-        return globals()[name]
+    """`aethr.OpenAIProvider` and every other name of section 13 (PEP 562)."""
+    # A dunder or a probe (pydoc asks for _fields) is no reason to compile it.
+    if not name.startswith("__") and any(f"\n{kw}{name}" in _LAZY for kw in ("", "def ",
+                                                                           "class ")):
+        _lazy()
+        if name in globals():
+            return globals()[name]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -2390,7 +2406,7 @@ def review_status(text: str) -> str | None:
     return found[-1].lower() if found else None
 
 
-# == 8. Providers (mock; the live ones are in section 14) =====================
+# == 8. Providers (mock; the live ones are in section 13) =====================
 
 
 class Provider:
@@ -2937,6 +2953,139 @@ class _Exit(Exception):
         self.status = status
 
 
+def _parser_class() -> type:
+    """argparse, subclassed to write through a Term and never call sys.exit.
+
+    Built on first use: `aethr version` and `init --list` must not import argparse.
+    """
+    global _ARGPARSER
+    if _ARGPARSER is not None:
+        return _ARGPARSER
+    import argparse
+
+    def width() -> int:
+        # argparse would ask shutil (which imports bz2, lzma and zlib) on every parser.
+        try:
+            return int(os.environ["COLUMNS"]) - 2
+        except (KeyError, ValueError):
+            pass
+        try:
+            return os.get_terminal_size(sys.__stdout__.fileno()).columns - 2
+        except (AttributeError, OSError, ValueError):
+            return 78
+
+    class _Help(argparse.HelpFormatter):
+        def __init__(self, prog: str, **kw: Any) -> None:
+            super().__init__(prog, **dict(kw, width=kw.get("width") or width()))
+
+    class _RawHelp(_Help, argparse.RawDescriptionHelpFormatter):
+        pass
+
+    class _ArgParser(argparse.ArgumentParser):
+        """argparse that writes through a Term and never calls sys.exit."""
+
+        def __init__(self, *args: Any, term: Term | None = None, **kw: Any) -> None:
+            kw.setdefault("allow_abbrev", False)    # run x --show must not mean --show-prompt
+            kw.setdefault("formatter_class", _Help)
+            self.term = term or Term()
+            try:    # Python 3.14+ colours help and errors: same decision as ours (SPEC §9)
+                super().__init__(*args, color=self.term.color(self.term.err), **kw)
+            except TypeError:
+                super().__init__(*args, **kw)
+
+        def _print_message(self, message: str, file: Any = None) -> None:
+            if message:
+                stream = self.term.err if file is sys.stderr else self.term.out
+                stream.write(message)
+                stream.flush()
+
+        def exit(self, status: int = 0, message: str | None = None) -> None:  # type: ignore
+            if message:
+                self._print_message(message, sys.stderr)
+            raise _Exit(status)
+
+    _ArgParser.raw_help = _RawHelp     # the top parser's epilog keeps its line breaks
+    _ARGPARSER = _ArgParser
+    return _ArgParser
+
+
+_ARGPARSER: type | None = None
+
+
+def build_parser(term: Term | None = None) -> tuple[Any, dict[str, Any]]:
+    """The top-level parser and one parser per command."""
+    _ArgParser = _parser_class()
+    common = _ArgParser(add_help=False, term=term)
+    common.add_argument("--no-color", action="store_true", help="no colour in the output")
+    top = _ArgParser(prog="aethr", parents=[common], term=term,
+                     formatter_class=_ArgParser.raw_help,
+                     description="Run explicit AI coding workflows: plan, implement, review, "
+                     "iterate.",
+                     epilog="Mock mode (the default) calls no model.\n"
+                     "Examples:\n  aethr run \"review my current changes\"\n"
+                     "  aethr init plan-implement-review\n  aethr check\n"
+                     "Run 'aethr COMMAND --help' for a command's options.")
+    top.add_argument("--version", action="version", version=f"aethr {__version__}")
+    sub = top.add_subparsers(dest="command", metavar="COMMAND", parser_class=_ArgParser)
+    subs: dict[str, _ArgParser] = {}
+
+    def add(name: str, helptext: str, func: Callable, description: str = "") -> _ArgParser:
+        p = sub.add_parser(name, parents=[common], help=helptext, term=term,
+                           description=description or helptext)
+        p.set_defaults(func=func)
+        subs[name] = p
+        return p
+
+    def add_workflow_options(p: _ArgParser, verb: str) -> None:
+        group = p.add_mutually_exclusive_group()
+        group.add_argument("--workflow", metavar="FILE", help=f"the workflow file to {verb}")
+        group.add_argument("--preset", metavar="NAME", help=f"{verb} a built-in preset")
+
+    model_help = ("MODEL (provider:model) for every role, or ROLE=MODEL for one role; "
+                  "repeatable")
+    p = add("init", "write .aethr.yaml from a preset", cmd_init,
+            "Write .aethr.yaml in the current directory from a built-in preset.")
+    p.add_argument("preset", nargs="?", metavar="PRESET", help="the preset to start from")
+    p.add_argument("--list", action="store_true", help="list the presets and exit")
+    p.add_argument("--force", action="store_true", help="overwrite an existing .aethr.yaml")
+    p.add_argument("--model", action="append", default=[], metavar="MODEL", help=model_help)
+
+    p = add("run", "run the workflow on a task", cmd_run,
+            "Run the workflow on a task. Options may come anywhere; '--' ends them. "
+            "'-' reads the task from standard input; no task opens $AETHR_EDITOR, $VISUAL "
+            "or $EDITOR.")
+    p.add_argument("task", nargs="*", metavar="TASK", help="the task, as words")
+    p.add_argument("--show-prompt", action="store_true",
+                   help="print every step's prompt as it would be sent; call nothing")
+    p.add_argument("--live", action="store_true", help="call the real models (live mode)")
+    add_workflow_options(p, "run")
+    p.add_argument("--model", action="append", default=[], metavar="MODEL", help=model_help)
+    p.add_argument("--json", action="store_true",
+                   help="one JSON event per line on stdout (run_start … run_end)")
+    p.add_argument("--verbose", action="store_true", help="diagnostics on stderr")
+    p.add_argument("--resume-checkpoint", metavar="FILE",
+                   help="continue a failed or interrupted run from its checkpoint")
+    p.add_argument("--force", action="store_true",
+                   help="with --resume-checkpoint: accept a workflow that changed since")
+
+    p = add("check", "validate the workflow and summarise it", cmd_check)
+    add_workflow_options(p, "check")
+    p.add_argument("--live", action="store_true",
+                   help="also check what live mode needs: models, keys, binaries")
+
+    p = add("auth", "manage provider keys in the project's .env", cmd_auth,
+            "Manage provider keys in the project's .env (mode 0600).")
+    p.add_argument("action", choices=("login", "status", "logout"), metavar="ACTION",
+                   help="login PROVIDER, status, or logout PROVIDER")
+    p.add_argument("provider", nargs="?", metavar="PROVIDER",
+                   help="openai, anthropic, gemini (or google), openrouter or xai")
+    p.add_argument("--key-stdin", action="store_true",
+                   help="login: read the key from standard input instead of a prompt")
+
+    add("version", "print the version", cmd_version)
+    return top, subs
+
+
 #: What the fast path knows of `run` and `check`: their options by kind ("flag", "value",
 #: "append") and their positional ("*": any number of words, or None). build_parser is the
 #: definition; a test holds this table to it.
@@ -3008,7 +3157,7 @@ def _parse_args(argv: list[str], term: Term) -> argparse.Namespace:
     quick = _quick_args(argv)
     if quick is not None:
         return quick
-    top, subs = _lazy().build_parser(term)
+    top, subs = build_parser(term)
     i = 0
     while i < len(argv) and argv[i] == "--no-color":
         i += 1
@@ -3365,6 +3514,11 @@ def cmd_check(args: argparse.Namespace, term: Term) -> int:
     return 0
 
 
+def cmd_auth(args: argparse.Namespace, term: Term) -> int:
+    """aethr auth login|status|logout: provider keys in the project's .env (SPEC §11)."""
+    return _lazy()._auth(args, term)
+
+
 def cmd_version(args: argparse.Namespace, term: Term) -> int:
     """aethr version: `aethr X.Y.Z`."""
     term.write(f"aethr {__version__}\n")
@@ -3437,379 +3591,24 @@ def main(argv: list[str] | None = None, term: Term | None = None) -> int:
         return 70
 
 
-# == 13. Built-in data (presets) ==============================================
-
-# BEGIN PRESETS (generated by make presets from presets/*.yaml; do not edit)
-PRESETS = {
-    "add-tests": (
-        "# Find behaviour that the tests do not cover yet, write tests for it with OpenCode, then\n"
-        "# review the new tests (with a fresh test run) until the reviewer passes them.\n"
-        "#\n"
-        "# Adapt the globs and the test command to your project's layout and test runner.\n"
-        "workflow: add-tests\n"
-        "description: Find untested behaviour, write tests with OpenCode, review them\n"
-        "roles:\n"
-        "  analyst: |\n"
-        "    You find behaviour that the existing tests do not cover. Do not write the tests.\n"
-        "    Compare the code in the context (and the uncommitted diff, if any) with the tests.\n"
-        "    List the gaps, most valuable first, at most ten. For each give:\n"
-        "    - the function or code path (path:line) and the behaviour to pin down;\n"
-        "    - the cases to test: normal input, edge cases, errors, and any bug you suspect;\n"
-        "    - which existing test file it belongs in, following the suite's conventions.\n"
-        "    Prefer behaviour a user relies on and code that changed recently over trivia.\n"
-        "    Do not propose tests of private details that would break on a harmless refactor.\n"
-        "  test_writer: |\n"
-        "    You add tests to the working tree for the gaps listed by the analyst.\n"
-        "    Follow the existing suite: its framework, fixtures, file layout and naming.\n"
-        "    Each test checks one behaviour and has a name that says which. Assert on results,\n"
-        "    not on implementation details; no sleeps, no network, no dependence on test order.\n"
-        "    Do not change the code under test. If a test exposes a real bug, keep the test,\n"
-        "    mark it as an expected failure the way the suite does, and report the bug.\n"
-        "    If a reviewer has listed findings, fix the high and medium ones first.\n"
-        "    Run the new tests, then the whole suite. Reply with a short summary: the tests you\n"
-        "    added, the results, and any bug you found.\n"
-        "  reviewer: |\n"
-        "    You review newly added tests: their diff is in the history, a fresh test run in\n"
-        "    the context.\n"
-        "    Check: that each test would fail if the behaviour it names broke (no assertion-free\n"
-        "    or tautological tests, no mocks that replace the code under test); that the listed\n"
-        "    gaps are covered; that tests are deterministic and independent; that they follow the\n"
-        "    suite's conventions; that the code under test was not changed; that the run passes.\n"
-        "    List each finding on its own line as:\n"
-        "    - [high|medium|low] path:line: the problem, and the fix you suggest\n"
-        "    high: a failing or flaky test, a test that cannot fail, or changed production code.\n"
-        "    medium: a listed gap left uncovered, a missing edge case, or a brittle assertion.\n"
-        "    low: naming, style, duplication or small simplifications.\n"
-        '    Write "No findings." when there are none.\n'
-        "    Finish with a last line that is exactly one of these two, with nothing after it:\n"
-        "    Review status: pass\n"
-        "    Review status: revise\n"
-        "    Use pass only when there are no high and no medium findings; otherwise use revise.\n"
-        "models:\n"
-        "  default: openai:gpt-5.4-mini      # roles without an entry (here the test_writer)\n"
-        "  analyst: openai:gpt-5.5\n"
-        "  reviewer: openai:gpt-5.5\n"
-        "steps:\n"
-        "  - id: find-gaps\n"
-        "    role: analyst\n"
-        "    context: [git_diff, glob:src/**/*.py, glob:*.py, glob:tests/**/*.py]\n"
-        "  - id: write-tests\n"
-        "    role: test_writer\n"
-        "    backend: opencode\n"
-        "  - id: review\n"
-        "    role: reviewer\n"
-        "    # The history (default: all) holds the analyst's list and the newest test diff\n"
-        "    # with its patch, so latest_diff would only repeat it.\n"
-        '    context: ["cmd:python3 -m pytest -q"]\n'
-        "    repeat:\n"
-        "      back_to: write-tests\n"
-        "      until_review_pass: true\n"
-        "      max_iterations: 3\n"
-    ),
-    "custom": (
-        "# A starting point for your own workflow. Every key is shown once; delete what you do\n"
-        "# not need. `aethr check` validates this file and summarises it; `aethr run\n"
-        '# --show-prompt "TASK"` prints each step\'s prompt without calling a model.\n'
-        "#\n"
-        "# A run is: task + these steps, in order. Each step sees only the task, what\n"
-        "# history_visibility lets through from earlier steps, and the context it lists.\n"
-        "\n"
-        "# Name shown in the output.\n"
-        "workflow: custom\n"
-        "# One line, shown by `aethr init --list`.\n"
-        "description: A commented starting point showing every key\n"
-        "# Role name -> instruction (the system prompt of every step with that role).\n"
-        "roles:\n"
-        "  worker: |\n"
-        "    Do the task in the working tree. Keep the change small and focused, follow the\n"
-        "    code's existing conventions, and add or update tests for what you change. If a\n"
-        "    reviewer has listed findings, fix the high and medium ones first. Reply with a\n"
-        "    short summary of what you changed and how you checked it.\n"
-        "  reviewer: |\n"
-        "    Review the latest change against the task. List each finding on its own line as:\n"
-        "    - [high|medium|low] path:line: the problem, and the fix you suggest\n"
-        "    high: a bug, a security hole, or part of the task left undone.\n"
-        "    medium: a missing test, an unhandled edge case, or a maintenance problem.\n"
-        "    low: naming, style, wording or small simplifications.\n"
-        '    Write "No findings." when there are none.\n'
-        "    Finish with a last line that is exactly one of these two, with nothing after it:\n"
-        "    Review status: pass\n"
-        "    Review status: revise\n"
-        "    Use pass only when there are no high and no medium findings; otherwise use revise.\n"
-        "# Role name -> model as provider:model (openai, anthropic, gemini, openrouter, xai,\n"
-        '# ollama). "default" covers roles without an entry. `--model` and AETHR_MODEL override.\n'
-        "models:\n"
-        "  default: openai:gpt-5.4-mini\n"
-        "  worker: openai:gpt-5.5\n"
-        "steps:\n"
-        "  - id: work                      # unique step id, used by repeat.back_to\n"
-        "    role: worker                  # a key of roles\n"
-        "    backend: opencode             # model (default, one model call) | opencode (edits)\n"
-        "    unsafe_permissions: false     # opencode only: true skips OpenCode's permission asks\n"
-        "    timeout: 1800                 # seconds before the step is stopped (default 1800)\n"
-        "    # Context sources, shown in this order: git_diff, git_diff:REV, latest_diff,\n"
-        "    # file:PATH, glob:PATTERN, cmd:COMMAND (a shell command run in the project root;\n"
-        '    # quote an entry that holds ": ", " #" or a comma).\n'
-        "    context: [git_diff, file:README.md]\n"
-        "  - id: review\n"
-        "    role: reviewer\n"
-        "    model: openai:gpt-5.5         # this step only; wins over models.reviewer\n"
-        "    max_tokens: 4096              # model steps only: cap on the answer's length\n"
-        "    history_visibility: latest    # all (default) | latest | summary | none\n"
-        "    context: [latest_diff]\n"
-        "    repeat:                       # after this step, maybe go back\n"
-        "      back_to: work               # first step of the repeated slice (this or earlier)\n"
-        '      until_review_pass: true     # stop at "Review status: pass"\n'
-        '      # until_contains: "DONE"    # or: stop once the answer contains this text\n'
-        "      max_iterations: 3           # passes through the slice, 1..50\n"
-    ),
-    "debug-failing-test": (
-        "# Diagnose a failing test, fix it with OpenCode, then re-run the tests and review the\n"
-        "# fix, going back to the fix until the tests pass and the reviewer agrees (at most 3\n"
-        "# passes).\n"
-        "#\n"
-        "# Adapt the test command to your project: both the diagnose and the verify step run it\n"
-        '# in the project root (e.g. "cmd:npm test", "cmd:go test ./...", "cmd:cargo test",\n'
-        '# "cmd:py -m pytest -x -q" on Windows). Aethr records its exit status and its stdout\n'
-        '# and stderr, keeping the head and the tail of long output, so no "| tail" is needed\n'
-        "# (a pipe would also hide the test runner's exit status). A command is stopped after\n"
-        "# 300 s, or after the step's timeout if that is shorter.\n"
-        "workflow: debug-failing-test\n"
-        "description: Diagnose a failing test, fix it with OpenCode, re-run and review\n"
-        "roles:\n"
-        "  diagnoser: |\n"
-        "    You diagnose a failing test. Do not write the fix.\n"
-        "    From the test output, the uncommitted diff and the task, answer with:\n"
-        "    1. Failure: which test fails, and the exact assertion or error quoted from the\n"
-        "       output.\n"
-        "    2. Cause: the root cause in the code under test (path and function), with the\n"
-        "       evidence for it. Separate what the output shows from what you infer.\n"
-        "    3. Fix: the smallest change that removes the cause, file by file. Say whether the\n"
-        "       test itself is wrong instead, and why, before proposing to change a test.\n"
-        "    4. Check: how to confirm the fix, and which other tests could be affected.\n"
-        "    If the output shows no failure, say so and stop.\n"
-        "  fixer: |\n"
-        "    You fix the failing test in the working tree, following the diagnosis.\n"
-        "    Change the code under test, not the test, unless the diagnosis shows the test is\n"
-        "    wrong. Make the smallest change that fixes the root cause; do not silence the error,\n"
-        "    skip the test or loosen its assertion. If a reviewer has listed findings, fix the\n"
-        "    high and medium ones first. Run the failing test, then the whole suite.\n"
-        "    Reply with a short summary: the cause, what you changed, and the test results.\n"
-        "  verifier: |\n"
-        "    You verify a fix for a failing test. The context holds the fresh test output and\n"
-        "    the diff of the fix. Check: that the originally failing test now passes and no\n"
-        "    other test fails; that the fix addresses the root cause rather than the symptom;\n"
-        "    that no test was skipped, deleted or weakened to make it pass; and that the diff\n"
-        "    has no unrelated changes. Quote the test summary line.\n"
-        "    List each finding on its own line as:\n"
-        "    - [high|medium|low] path:line: the problem, and the fix you suggest\n"
-        "    high: a test still fails, a test was weakened, or the fix is wrong.\n"
-        "    medium: the fix treats a symptom, misses a similar case, or lacks a regression test.\n"
-        "    low: naming, style, wording or small simplifications.\n"
-        '    Write "No findings." when there are none.\n'
-        "    Finish with a last line that is exactly one of these two, with nothing after it:\n"
-        "    Review status: pass\n"
-        "    Review status: revise\n"
-        "    Use pass only when there are no high and no medium findings; otherwise use revise.\n"
-        "models:\n"
-        "  default: openai:gpt-5.4-mini      # roles without an entry (here the fixer)\n"
-        "  diagnoser: openai:gpt-5.5\n"
-        "  verifier: openai:gpt-5.5\n"
-        "steps:\n"
-        "  - id: diagnose\n"
-        "    role: diagnoser\n"
-        "    context:\n"
-        '      - "cmd:python3 -m pytest -x -q"\n'
-        "      - git_diff\n"
-        "  - id: fix\n"
-        "    role: fixer\n"
-        "    backend: opencode\n"
-        "  - id: verify\n"
-        "    role: verifier\n"
-        "    history_visibility: summary\n"
-        "    context:\n"
-        '      - "cmd:python3 -m pytest -x -q"\n'
-        "      - latest_diff\n"
-        "    repeat:\n"
-        "      back_to: fix\n"
-        "      until_review_pass: true\n"
-        "      max_iterations: 3\n"
-    ),
-    "docs-sync": (
-        "# Bring the documentation in line with the code: find what the uncommitted changes made\n"
-        "# stale or left undocumented, update the docs with OpenCode, then review the update.\n"
-        "workflow: docs-sync\n"
-        "description: Update the docs to match the uncommitted code changes\n"
-        "roles:\n"
-        "  auditor: |\n"
-        "    You compare documentation with the code changes in the diff. Do not edit anything.\n"
-        "    List every place where the docs in the context are now wrong, stale or silent:\n"
-        "    - renamed or removed commands, options, functions, settings or files;\n"
-        "    - changed defaults, behaviour, output or error messages;\n"
-        "    - new features, options or requirements that no doc mentions;\n"
-        "    - examples and code blocks that would no longer run as written.\n"
-        "    For each: the doc (path and heading), what it says now, what it should say, and the\n"
-        "    code (path:line) that shows it. Say plainly when the docs need no change.\n"
-        "  doc_writer: |\n"
-        "    You update the documentation in the working tree, following the auditor's list.\n"
-        "    Edit only documentation files (*.md and similar), not code. Match each document's\n"
-        "    existing tone, structure and formatting; change what is wrong rather than rewriting\n"
-        "    whole sections. Keep examples runnable and consistent with the code. If a reviewer\n"
-        "    has listed findings, fix the high and medium ones first.\n"
-        "    Reply with a short summary of what you changed, file by file.\n"
-        "  reviewer: |\n"
-        "    You review a documentation update against the code changes it describes.\n"
-        "    Check: every statement is true of the code as it is now; nothing the auditor listed\n"
-        "    was missed; examples and commands would work as written; no code file was changed;\n"
-        "    the style matches the surrounding docs; links and headings still resolve.\n"
-        "    List each finding on its own line as:\n"
-        "    - [high|medium|low] path:line: the problem, and the fix you suggest\n"
-        "    high: a false statement, a broken example, or a changed code file.\n"
-        "    medium: a listed item left out, or an unclear or misleading explanation.\n"
-        "    low: wording, typos, formatting or small simplifications.\n"
-        '    Write "No findings." when there are none.\n'
-        "    Finish with a last line that is exactly one of these two, with nothing after it:\n"
-        "    Review status: pass\n"
-        "    Review status: revise\n"
-        "    Use pass only when there are no high and no medium findings; otherwise use revise.\n"
-        "models:\n"
-        "  default: openai:gpt-5.4-mini      # roles without an entry (auditor, doc_writer)\n"
-        "  reviewer: openai:gpt-5.5\n"
-        "steps:\n"
-        "  - id: audit\n"
-        "    role: auditor\n"
-        "    # A glob shows at most 40 files (160 KiB); narrow it (e.g. glob:docs/**/*.md) if\n"
-        "    # your docs are larger.\n"
-        "    context: [git_diff, file:README.md, glob:**/*.md]\n"
-        "  - id: update-docs\n"
-        "    role: doc_writer\n"
-        "    backend: opencode\n"
-        "  - id: review\n"
-        "    role: reviewer\n"
-        "    history_visibility: summary\n"
-        "    context: [git_diff, latest_diff]\n"
-        "    repeat:\n"
-        "      back_to: update-docs\n"
-        "      until_review_pass: true\n"
-        "      max_iterations: 2\n"
-    ),
-    "plan-implement-review": (
-        "# Plan a change, implement it with OpenCode, then review the implementation and send\n"
-        "# it back to OpenCode until the reviewer passes it (at most 3 passes through implement\n"
-        "# and review).\n"
-        "workflow: plan-implement-review\n"
-        "description: Plan a change, implement it with OpenCode, review until it passes\n"
-        "roles:\n"
-        "  planner: |\n"
-        "    You plan a code change that another engineer will implement. Do not write the code.\n"
-        "    Read the task, the uncommitted diff and the README, then answer with:\n"
-        "    1. Goal: one or two sentences on what must be true when the work is done.\n"
-        "    2. Files: each file to change or create, what changes in it and why.\n"
-        "    3. Steps: a short numbered list in the order to do them, each small enough to check.\n"
-        "    4. Tests: the tests to add or update, each with the behaviour it proves.\n"
-        "    5. Risks: edge cases, compatibility concerns and anything the task leaves open,\n"
-        "       with the assumption you made for each.\n"
-        "    Keep to what the task asks: no unrelated refactoring, no new dependencies unless the\n"
-        "    task needs them. Follow the conventions the existing code already uses.\n"
-        "  implementer: |\n"
-        "    You implement a planned change directly in the working tree.\n"
-        "    Follow the plan from the previous step. If a reviewer has already listed findings,\n"
-        "    fix every high and medium finding first, then the low ones that are cheap to fix.\n"
-        "    Add or update tests for the behaviour you change and run them. Keep the diff\n"
-        "    focused: no unrelated edits, no reformatting of untouched code, no new dependencies\n"
-        "    unless the plan calls for them. When you finish, reply with a short summary: what\n"
-        "    you changed, which tests you ran and their result, and anything you could not do\n"
-        "    and why.\n"
-        "  reviewer: |\n"
-        "    You review the latest implementation (its diff is in the context) against the task\n"
-        "    and the plan. Check, in order: correctness and edge cases; that the task and the\n"
-        "    plan are fully done; tests that would fail if the change broke; error handling;\n"
-        "    security (injection, secrets, unsafe file or shell use); readability and\n"
-        "    consistency with the surrounding code. Do not restate the diff and do not praise it.\n"
-        "    List each finding on its own line as:\n"
-        "    - [high|medium|low] path:line: the problem, and the fix you suggest\n"
-        "    high: a bug, data loss, a security hole, or a part of the task left undone.\n"
-        "    medium: a missing test, an unhandled edge case, or a likely maintenance problem.\n"
-        "    low: naming, style, wording or small simplifications.\n"
-        '    Write "No findings." when there are none.\n'
-        "    Finish with a last line that is exactly one of these two, with nothing after it:\n"
-        "    Review status: pass\n"
-        "    Review status: revise\n"
-        "    Use pass only when there are no high and no medium findings; otherwise use revise.\n"
-        "models:\n"
-        "  default: openai:gpt-5.4-mini      # roles without an entry (here the implementer)\n"
-        "  planner: openai:gpt-5.5\n"
-        "  reviewer: openai:gpt-5.5\n"
-        "steps:\n"
-        "  - id: plan\n"
-        "    role: planner\n"
-        "    context: [git_diff, file:README.md]\n"
-        "  - id: implement\n"
-        "    role: implementer\n"
-        "    backend: opencode\n"
-        "  - id: review\n"
-        "    role: reviewer\n"
-        "    history_visibility: latest\n"
-        "    context: [latest_diff]\n"
-        "    repeat:\n"
-        "      back_to: implement\n"
-        "      until_review_pass: true\n"
-        "      max_iterations: 3\n"
-    ),
-    "review-existing-diff": (
-        "# Review the uncommitted changes in this repository (staged, unstaged and new files).\n"
-        "# This is the workflow `aethr run` uses when a repository has no .aethr.yaml.\n"
-        "workflow: review-existing-diff\n"
-        "description: Review the uncommitted changes in the working tree\n"
-        "roles:\n"
-        "  reviewer: |\n"
-        "    You review uncommitted changes to a code base before they are committed. The diff\n"
-        "    against HEAD is in the context; new files appear as added in full. Use the task, if\n"
-        "    given, as the intent of the change.\n"
-        "    Check, in order: correctness and edge cases; that the change does what it sets out\n"
-        "    to do; tests that cover it (and would fail if it broke); error handling; security\n"
-        "    (injection, secrets committed by mistake, unsafe file or shell use); readability\n"
-        "    and consistency with the surrounding code; leftovers such as debug prints,\n"
-        "    commented-out code or stray files. Do not restate the diff and do not praise it.\n"
-        "    List each finding on its own line as:\n"
-        "    - [high|medium|low] path:line: the problem, and the fix you suggest\n"
-        "    high: a bug, data loss, a security hole, or a change that cannot work as intended.\n"
-        "    medium: a missing test, an unhandled edge case, or a likely maintenance problem.\n"
-        "    low: naming, style, wording or small simplifications.\n"
-        '    Write "No findings." when there are none. If the diff is empty, say so.\n'
-        "    Finish with a last line that is exactly one of these two, with nothing after it:\n"
-        "    Review status: pass\n"
-        "    Review status: revise\n"
-        "    Use pass only when there are no high and no medium findings; otherwise use revise.\n"
-        "models:\n"
-        "  default: openai:gpt-5.4-mini      # roles without an entry\n"
-        "  reviewer: openai:gpt-5.5\n"
-        "steps:\n"
-        "  - id: review\n"
-        "    role: reviewer\n"
-        "    context: [git_diff]\n"
-    ),
-}
-# END PRESETS
-
-# == 14. Compiled on first use: live runs, auth, resume, argparse =============
-# The code that `version`, `init --list`, `check`, `run --show-prompt` and a mock run
-# that succeeds never need: the HTTP client and the live providers, OpenCode's live run,
-# checkpoints and resume, `auth`, the task editor, `init --model`, and argparse (help,
-# usage errors, `init NAME`). `python3 aethr.py` compiles the whole file before it runs a
-# line, and compile time grows with the code's tokens: with this third of them compiled
-# as well, `python3 aethr.py version` took 6.6x `python3 -c pass` (SPEC §12: at most 5x).
-# As source text it costs next to nothing until `_lazy()` (section 1) compiles it, once,
-# into this module's globals: a lazy import of our own code. Otherwise it is ordinary
-# code. It keeps its line numbers in this file (tracebacks, debuggers, inspect), and
+# == 13. Compiled on first use: live runs, auth, resume =======================
+# The code that `version`, `init --list`, `check`, `--help`, `run --show-prompt` and a
+# mock run that succeeds never need: the HTTP client and the live providers, OpenCode's
+# live run, checkpoints and resume, `auth`, the task editor and `init --model`. Run as a
+# script, Python compiles the whole file before it runs a line, and compile time grows
+# with the code's tokens: with this third of them compiled as well, `python3 aethr.py
+# version` took 6.6x `python3 -c pass` (SPEC §12: at most 5x). As source text it costs
+# next to nothing until `_lazy()` (section 1) compiles it, once, into this module's
+# globals: a lazy import of our own code. Otherwise it is ordinary code (but no `'''`
+# in it). It keeps its line numbers in this file, for tracebacks and debuggers, and
 # tests/test_lazy.py lints it with ruff as if the quotes were not there and checks that
-# sections 1-13 reach it only as `_lazy().name`. Compiling it takes 25-40 ms, once per
-# process, in the commands that need it.
+# the other sections reach it only as `_lazy().name`. Compiling it takes 15-30 ms, once
+# per process, in the commands that need it.
 
 #: The line of this file on which `_LAZY = r'''` stands: compiled, its code keeps its lines.
 _LAZY_LINE = sys._getframe().f_lineno + 1
 _LAZY = r'''
-# -- from 8. Providers: HTTP client, SSE streaming, the live providers --------
+# Section 8's live half: the HTTP client, SSE streaming and the live providers.
 
 
 #: Provider -> (the variable that replaces its base URL, the default base) (SPEC §6).
@@ -4890,7 +4689,7 @@ PROVIDERS: dict[str, type[Provider]] = {
 }
 
 
-# -- from 9. Backends: OpenCode live, and its artifacts -----------------------
+# Section 9's: OpenCode's live run and its artifacts.
 
 
 def snapshot_tree(project: Project) -> str:
@@ -5360,7 +5159,7 @@ def _oc_failure(message: str, returncode: int | None, tail: str,
     return exc
 
 
-# -- from 10. Runner: a resumed run's results ---------------------------------
+# Section 10's: a resumed run's results.
 
 
 def _artifact_from(data: dict | None) -> Artifact | None:
@@ -5380,7 +5179,7 @@ def result_from(data: dict) -> StepResult:
                       warnings=data.get("warnings") or [])
 
 
-# -- from 11. Environment: writing .env ---------------------------------------
+# Section 11's: writing .env.
 
 
 def mask(value: str) -> str:
@@ -5413,140 +5212,7 @@ def write_dotenv_var(path: str, name: str, value: str | None) -> bool:
     return True
 
 
-# -- from 12. Commands and CLI: argparse, auth, editor, checkpoints, resume ---
-
-
-def _parser_class() -> type:
-    """argparse, subclassed to write through a Term and never call sys.exit.
-
-    Built on first use: `aethr version` and `init --list` must not import argparse.
-    """
-    global _ARGPARSER
-    if _ARGPARSER is not None:
-        return _ARGPARSER
-    import argparse
-
-    def width() -> int:
-        # argparse would ask shutil (which imports bz2, lzma and zlib) on every parser.
-        try:
-            return int(os.environ["COLUMNS"]) - 2
-        except (KeyError, ValueError):
-            pass
-        try:
-            return os.get_terminal_size(sys.__stdout__.fileno()).columns - 2
-        except (AttributeError, OSError, ValueError):
-            return 78
-
-    class _Help(argparse.HelpFormatter):
-        def __init__(self, prog: str, **kw: Any) -> None:
-            super().__init__(prog, **dict(kw, width=kw.get("width") or width()))
-
-    class _RawHelp(_Help, argparse.RawDescriptionHelpFormatter):
-        pass
-
-    class _ArgParser(argparse.ArgumentParser):
-        """argparse that writes through a Term and never calls sys.exit."""
-
-        def __init__(self, *args: Any, term: Term | None = None, **kw: Any) -> None:
-            kw.setdefault("allow_abbrev", False)    # run x --show must not mean --show-prompt
-            kw.setdefault("formatter_class", _Help)
-            self.term = term or Term()
-            try:    # Python 3.14+ colours help and errors: same decision as ours (SPEC §9)
-                super().__init__(*args, color=self.term.color(self.term.err), **kw)
-            except TypeError:
-                super().__init__(*args, **kw)
-
-        def _print_message(self, message: str, file: Any = None) -> None:
-            if message:
-                stream = self.term.err if file is sys.stderr else self.term.out
-                stream.write(message)
-                stream.flush()
-
-        def exit(self, status: int = 0, message: str | None = None) -> None:  # type: ignore
-            if message:
-                self._print_message(message, sys.stderr)
-            raise _Exit(status)
-
-    _ArgParser.raw_help = _RawHelp     # the top parser's epilog keeps its line breaks
-    _ARGPARSER = _ArgParser
-    return _ArgParser
-
-
-_ARGPARSER: type | None = None
-
-
-def build_parser(term: Term | None = None) -> tuple[Any, dict[str, Any]]:
-    """The top-level parser and one parser per command."""
-    _ArgParser = _parser_class()
-    common = _ArgParser(add_help=False, term=term)
-    common.add_argument("--no-color", action="store_true", help="no colour in the output")
-    top = _ArgParser(prog="aethr", parents=[common], term=term,
-                     formatter_class=_ArgParser.raw_help,
-                     description="Run explicit AI coding workflows: plan, implement, review, "
-                     "iterate.",
-                     epilog="Mock mode (the default) calls no model.\n"
-                     "Examples:\n  aethr run \"review my current changes\"\n"
-                     "  aethr init plan-implement-review\n  aethr check\n"
-                     "Run 'aethr COMMAND --help' for a command's options.")
-    top.add_argument("--version", action="version", version=f"aethr {__version__}")
-    sub = top.add_subparsers(dest="command", metavar="COMMAND", parser_class=_ArgParser)
-    subs: dict[str, _ArgParser] = {}
-
-    def add(name: str, helptext: str, func: Callable, description: str = "") -> _ArgParser:
-        p = sub.add_parser(name, parents=[common], help=helptext, term=term,
-                           description=description or helptext)
-        p.set_defaults(func=func)
-        subs[name] = p
-        return p
-
-    def add_workflow_options(p: _ArgParser, verb: str) -> None:
-        group = p.add_mutually_exclusive_group()
-        group.add_argument("--workflow", metavar="FILE", help=f"the workflow file to {verb}")
-        group.add_argument("--preset", metavar="NAME", help=f"{verb} a built-in preset")
-
-    model_help = ("MODEL (provider:model) for every role, or ROLE=MODEL for one role; "
-                  "repeatable")
-    p = add("init", "write .aethr.yaml from a preset", cmd_init,
-            "Write .aethr.yaml in the current directory from a built-in preset.")
-    p.add_argument("preset", nargs="?", metavar="PRESET", help="the preset to start from")
-    p.add_argument("--list", action="store_true", help="list the presets and exit")
-    p.add_argument("--force", action="store_true", help="overwrite an existing .aethr.yaml")
-    p.add_argument("--model", action="append", default=[], metavar="MODEL", help=model_help)
-
-    p = add("run", "run the workflow on a task", cmd_run,
-            "Run the workflow on a task. Options may come anywhere; '--' ends them. "
-            "'-' reads the task from standard input; no task opens $AETHR_EDITOR, $VISUAL "
-            "or $EDITOR.")
-    p.add_argument("task", nargs="*", metavar="TASK", help="the task, as words")
-    p.add_argument("--show-prompt", action="store_true",
-                   help="print every step's prompt as it would be sent; call nothing")
-    p.add_argument("--live", action="store_true", help="call the real models (live mode)")
-    add_workflow_options(p, "run")
-    p.add_argument("--model", action="append", default=[], metavar="MODEL", help=model_help)
-    p.add_argument("--json", action="store_true",
-                   help="one JSON event per line on stdout (run_start … run_end)")
-    p.add_argument("--verbose", action="store_true", help="diagnostics on stderr")
-    p.add_argument("--resume-checkpoint", metavar="FILE",
-                   help="continue a failed or interrupted run from its checkpoint")
-    p.add_argument("--force", action="store_true",
-                   help="with --resume-checkpoint: accept a workflow that changed since")
-
-    p = add("check", "validate the workflow and summarise it", cmd_check)
-    add_workflow_options(p, "check")
-    p.add_argument("--live", action="store_true",
-                   help="also check what live mode needs: models, keys, binaries")
-
-    p = add("auth", "manage provider keys in the project's .env", cmd_auth,
-            "Manage provider keys in the project's .env (mode 0600).")
-    p.add_argument("action", choices=("login", "status", "logout"), metavar="ACTION",
-                   help="login PROVIDER, status, or logout PROVIDER")
-    p.add_argument("provider", nargs="?", metavar="PROVIDER",
-                   help="openai, anthropic, gemini (or google), openrouter or xai")
-    p.add_argument("--key-stdin", action="store_true",
-                   help="login: read the key from standard input instead of a prompt")
-
-    add("version", "print the version", cmd_version)
-    return top, subs
+# Section 12's: auth, live preflight, the task editor, checkpoints, resume, init --model.
 
 
 def _live_problems(workflow: Workflow, project: Project, overrides: dict[str, str],
@@ -5777,8 +5443,8 @@ def _read_key(args: argparse.Namespace, term: Term, var: str) -> str:
     return key
 
 
-def cmd_auth(args: argparse.Namespace, term: Term) -> int:
-    """aethr auth login|status|logout: provider keys in the project's .env (SPEC §11)."""
+def _auth(args: argparse.Namespace, term: Term) -> int:
+    """cmd_auth's work (section 12)."""
     project, _ = _open_project(args, term)
     path = os.path.join(project.root, ".env")
     env = project.environ
@@ -5831,6 +5497,361 @@ def cmd_auth(args: argparse.Namespace, term: Term) -> int:
     return 0
 '''
 
+
+# == 14. Built-in data (presets) ==============================================
+
+# BEGIN PRESETS (generated by make presets from presets/*.yaml; do not edit)
+PRESETS = {
+    "add-tests": (
+        "# Find behaviour that the tests do not cover yet, write tests for it with OpenCode, then\n"
+        "# review the new tests (with a fresh test run) until the reviewer passes them.\n"
+        "#\n"
+        "# Adapt the globs and the test command to your project's layout and test runner.\n"
+        "workflow: add-tests\n"
+        "description: Find untested behaviour, write tests with OpenCode, review them\n"
+        "roles:\n"
+        "  analyst: |\n"
+        "    You find behaviour that the existing tests do not cover. Do not write the tests.\n"
+        "    Compare the code in the context (and the uncommitted diff, if any) with the tests.\n"
+        "    List the gaps, most valuable first, at most ten. For each give:\n"
+        "    - the function or code path (path:line) and the behaviour to pin down;\n"
+        "    - the cases to test: normal input, edge cases, errors, and any bug you suspect;\n"
+        "    - which existing test file it belongs in, following the suite's conventions.\n"
+        "    Prefer behaviour a user relies on and code that changed recently over trivia.\n"
+        "    Do not propose tests of private details that would break on a harmless refactor.\n"
+        "  test_writer: |\n"
+        "    You add tests to the working tree for the gaps listed by the analyst.\n"
+        "    Follow the existing suite: its framework, fixtures, file layout and naming.\n"
+        "    Each test checks one behaviour and has a name that says which. Assert on results,\n"
+        "    not on implementation details; no sleeps, no network, no dependence on test order.\n"
+        "    Do not change the code under test. If a test exposes a real bug, keep the test,\n"
+        "    mark it as an expected failure the way the suite does, and report the bug.\n"
+        "    If a reviewer has listed findings, fix the high and medium ones first.\n"
+        "    Run the new tests, then the whole suite. Reply with a short summary: the tests you\n"
+        "    added, the results, and any bug you found.\n"
+        "  reviewer: |\n"
+        "    You review newly added tests: their diff is in the history, a fresh test run in\n"
+        "    the context.\n"
+        "    Check: that each test would fail if the behaviour it names broke (no assertion-free\n"
+        "    or tautological tests, no mocks that replace the code under test); that the listed\n"
+        "    gaps are covered; that tests are deterministic and independent; that they follow the\n"
+        "    suite's conventions; that the code under test was not changed; that the run passes.\n"
+        "    List each finding on its own line as:\n"
+        "    - [high|medium|low] path:line: the problem, and the fix you suggest\n"
+        "    high: a failing or flaky test, a test that cannot fail, or changed production code.\n"
+        "    medium: a listed gap left uncovered, a missing edge case, or a brittle assertion.\n"
+        "    low: naming, style, duplication or small simplifications.\n"
+        '    Write "No findings." when there are none.\n'
+        "    Finish with a last line that is exactly one of these two, with nothing after it:\n"
+        "    Review status: pass\n"
+        "    Review status: revise\n"
+        "    Use pass only when there are no high and no medium findings; otherwise use revise.\n"
+        "models:\n"
+        "  default: openai:gpt-5.4-mini      # roles without an entry (here the test_writer)\n"
+        "  analyst: openai:gpt-5.5\n"
+        "  reviewer: openai:gpt-5.5\n"
+        "steps:\n"
+        "  - id: find-gaps\n"
+        "    role: analyst\n"
+        "    context: [git_diff, glob:src/**/*.py, glob:*.py, glob:tests/**/*.py]\n"
+        "  - id: write-tests\n"
+        "    role: test_writer\n"
+        "    backend: opencode\n"
+        "  - id: review\n"
+        "    role: reviewer\n"
+        "    # The history (default: all) holds the analyst's list and the newest test diff\n"
+        "    # with its patch, so latest_diff would only repeat it.\n"
+        '    context: ["cmd:python3 -m pytest -q"]\n'
+        "    repeat:\n"
+        "      back_to: write-tests\n"
+        "      until_review_pass: true\n"
+        "      max_iterations: 3\n"
+    ),
+    "custom": (
+        "# A starting point for your own workflow. Every key is shown once; delete what you do\n"
+        "# not need. `aethr check` validates this file and summarises it; `aethr run\n"
+        '# --show-prompt "TASK"` prints each step\'s prompt without calling a model.\n'
+        "#\n"
+        "# A run is: task + these steps, in order. Each step sees only the task, what\n"
+        "# history_visibility lets through from earlier steps, and the context it lists.\n"
+        "\n"
+        "# Name shown in the output.\n"
+        "workflow: custom\n"
+        "# One line, shown by `aethr init --list`.\n"
+        "description: A commented starting point showing every key\n"
+        "# Role name -> instruction (the system prompt of every step with that role).\n"
+        "roles:\n"
+        "  worker: |\n"
+        "    Do the task in the working tree. Keep the change small and focused, follow the\n"
+        "    code's existing conventions, and add or update tests for what you change. If a\n"
+        "    reviewer has listed findings, fix the high and medium ones first. Reply with a\n"
+        "    short summary of what you changed and how you checked it.\n"
+        "  reviewer: |\n"
+        "    Review the latest change against the task. List each finding on its own line as:\n"
+        "    - [high|medium|low] path:line: the problem, and the fix you suggest\n"
+        "    high: a bug, a security hole, or part of the task left undone.\n"
+        "    medium: a missing test, an unhandled edge case, or a maintenance problem.\n"
+        "    low: naming, style, wording or small simplifications.\n"
+        '    Write "No findings." when there are none.\n'
+        "    Finish with a last line that is exactly one of these two, with nothing after it:\n"
+        "    Review status: pass\n"
+        "    Review status: revise\n"
+        "    Use pass only when there are no high and no medium findings; otherwise use revise.\n"
+        "# Role name -> model as provider:model (openai, anthropic, gemini, openrouter, xai,\n"
+        '# ollama). "default" covers roles without an entry. `--model` and AETHR_MODEL override.\n'
+        "models:\n"
+        "  default: openai:gpt-5.4-mini\n"
+        "  worker: openai:gpt-5.5\n"
+        "steps:\n"
+        "  - id: work                      # unique step id, used by repeat.back_to\n"
+        "    role: worker                  # a key of roles\n"
+        "    backend: opencode             # model (default, one model call) | opencode (edits)\n"
+        "    unsafe_permissions: false     # opencode only: true skips OpenCode's permission asks\n"
+        "    timeout: 1800                 # seconds before the step is stopped (default 1800)\n"
+        "    # Context sources, shown in this order: git_diff, git_diff:REV, latest_diff,\n"
+        "    # file:PATH, glob:PATTERN, cmd:COMMAND (a shell command run in the project root;\n"
+        '    # quote an entry that holds ": ", " #" or a comma).\n'
+        "    context: [git_diff, file:README.md]\n"
+        "  - id: review\n"
+        "    role: reviewer\n"
+        "    model: openai:gpt-5.5         # this step only; wins over models.reviewer\n"
+        "    max_tokens: 4096              # model steps only: cap on the answer's length\n"
+        "    history_visibility: latest    # all (default) | latest | summary | none\n"
+        "    context: [latest_diff]\n"
+        "    repeat:                       # after this step, maybe go back\n"
+        "      back_to: work               # first step of the repeated slice (this or earlier)\n"
+        '      until_review_pass: true     # stop at "Review status: pass"\n'
+        '      # until_contains: "DONE"    # or: stop once the answer contains this text\n'
+        "      max_iterations: 3           # passes through the slice, 1..50\n"
+    ),
+    "debug-failing-test": (
+        "# Diagnose a failing test, fix it with OpenCode, then re-run the tests and review the\n"
+        "# fix, going back to the fix until the tests pass and the reviewer agrees (at most 3\n"
+        "# passes).\n"
+        "#\n"
+        "# Adapt the test command to your project: both the diagnose and the verify step run it\n"
+        '# in the project root (e.g. "cmd:npm test", "cmd:go test ./...", "cmd:cargo test",\n'
+        '# "cmd:py -m pytest -x -q" on Windows). Aethr records its exit status and its stdout\n'
+        '# and stderr, keeping the head and the tail of long output, so no "| tail" is needed\n'
+        "# (a pipe would also hide the test runner's exit status). A command is stopped after\n"
+        "# 300 s, or after the step's timeout if that is shorter.\n"
+        "workflow: debug-failing-test\n"
+        "description: Diagnose a failing test, fix it with OpenCode, re-run and review\n"
+        "roles:\n"
+        "  diagnoser: |\n"
+        "    You diagnose a failing test. Do not write the fix.\n"
+        "    From the test output, the uncommitted diff and the task, answer with:\n"
+        "    1. Failure: which test fails, and the exact assertion or error quoted from the\n"
+        "       output.\n"
+        "    2. Cause: the root cause in the code under test (path and function), with the\n"
+        "       evidence for it. Separate what the output shows from what you infer.\n"
+        "    3. Fix: the smallest change that removes the cause, file by file. Say whether the\n"
+        "       test itself is wrong instead, and why, before proposing to change a test.\n"
+        "    4. Check: how to confirm the fix, and which other tests could be affected.\n"
+        "    If the output shows no failure, say so and stop.\n"
+        "  fixer: |\n"
+        "    You fix the failing test in the working tree, following the diagnosis.\n"
+        "    Change the code under test, not the test, unless the diagnosis shows the test is\n"
+        "    wrong. Make the smallest change that fixes the root cause; do not silence the error,\n"
+        "    skip the test or loosen its assertion. If a reviewer has listed findings, fix the\n"
+        "    high and medium ones first. Run the failing test, then the whole suite.\n"
+        "    Reply with a short summary: the cause, what you changed, and the test results.\n"
+        "  verifier: |\n"
+        "    You verify a fix for a failing test. The context holds the fresh test output and\n"
+        "    the diff of the fix. Check: that the originally failing test now passes and no\n"
+        "    other test fails; that the fix addresses the root cause rather than the symptom;\n"
+        "    that no test was skipped, deleted or weakened to make it pass; and that the diff\n"
+        "    has no unrelated changes. Quote the test summary line.\n"
+        "    List each finding on its own line as:\n"
+        "    - [high|medium|low] path:line: the problem, and the fix you suggest\n"
+        "    high: a test still fails, a test was weakened, or the fix is wrong.\n"
+        "    medium: the fix treats a symptom, misses a similar case, or lacks a regression test.\n"
+        "    low: naming, style, wording or small simplifications.\n"
+        '    Write "No findings." when there are none.\n'
+        "    Finish with a last line that is exactly one of these two, with nothing after it:\n"
+        "    Review status: pass\n"
+        "    Review status: revise\n"
+        "    Use pass only when there are no high and no medium findings; otherwise use revise.\n"
+        "models:\n"
+        "  default: openai:gpt-5.4-mini      # roles without an entry (here the fixer)\n"
+        "  diagnoser: openai:gpt-5.5\n"
+        "  verifier: openai:gpt-5.5\n"
+        "steps:\n"
+        "  - id: diagnose\n"
+        "    role: diagnoser\n"
+        "    context:\n"
+        '      - "cmd:python3 -m pytest -x -q"\n'
+        "      - git_diff\n"
+        "  - id: fix\n"
+        "    role: fixer\n"
+        "    backend: opencode\n"
+        "  - id: verify\n"
+        "    role: verifier\n"
+        "    history_visibility: summary\n"
+        "    context:\n"
+        '      - "cmd:python3 -m pytest -x -q"\n'
+        "      - latest_diff\n"
+        "    repeat:\n"
+        "      back_to: fix\n"
+        "      until_review_pass: true\n"
+        "      max_iterations: 3\n"
+    ),
+    "docs-sync": (
+        "# Bring the documentation in line with the code: find what the uncommitted changes made\n"
+        "# stale or left undocumented, update the docs with OpenCode, then review the update.\n"
+        "workflow: docs-sync\n"
+        "description: Update the docs to match the uncommitted code changes\n"
+        "roles:\n"
+        "  auditor: |\n"
+        "    You compare documentation with the code changes in the diff. Do not edit anything.\n"
+        "    List every place where the docs in the context are now wrong, stale or silent:\n"
+        "    - renamed or removed commands, options, functions, settings or files;\n"
+        "    - changed defaults, behaviour, output or error messages;\n"
+        "    - new features, options or requirements that no doc mentions;\n"
+        "    - examples and code blocks that would no longer run as written.\n"
+        "    For each: the doc (path and heading), what it says now, what it should say, and the\n"
+        "    code (path:line) that shows it. Say plainly when the docs need no change.\n"
+        "  doc_writer: |\n"
+        "    You update the documentation in the working tree, following the auditor's list.\n"
+        "    Edit only documentation files (*.md and similar), not code. Match each document's\n"
+        "    existing tone, structure and formatting; change what is wrong rather than rewriting\n"
+        "    whole sections. Keep examples runnable and consistent with the code. If a reviewer\n"
+        "    has listed findings, fix the high and medium ones first.\n"
+        "    Reply with a short summary of what you changed, file by file.\n"
+        "  reviewer: |\n"
+        "    You review a documentation update against the code changes it describes.\n"
+        "    Check: every statement is true of the code as it is now; nothing the auditor listed\n"
+        "    was missed; examples and commands would work as written; no code file was changed;\n"
+        "    the style matches the surrounding docs; links and headings still resolve.\n"
+        "    List each finding on its own line as:\n"
+        "    - [high|medium|low] path:line: the problem, and the fix you suggest\n"
+        "    high: a false statement, a broken example, or a changed code file.\n"
+        "    medium: a listed item left out, or an unclear or misleading explanation.\n"
+        "    low: wording, typos, formatting or small simplifications.\n"
+        '    Write "No findings." when there are none.\n'
+        "    Finish with a last line that is exactly one of these two, with nothing after it:\n"
+        "    Review status: pass\n"
+        "    Review status: revise\n"
+        "    Use pass only when there are no high and no medium findings; otherwise use revise.\n"
+        "models:\n"
+        "  default: openai:gpt-5.4-mini      # roles without an entry (auditor, doc_writer)\n"
+        "  reviewer: openai:gpt-5.5\n"
+        "steps:\n"
+        "  - id: audit\n"
+        "    role: auditor\n"
+        "    # A glob shows at most 40 files (160 KiB); narrow it (e.g. glob:docs/**/*.md) if\n"
+        "    # your docs are larger.\n"
+        "    context: [git_diff, file:README.md, glob:**/*.md]\n"
+        "  - id: update-docs\n"
+        "    role: doc_writer\n"
+        "    backend: opencode\n"
+        "  - id: review\n"
+        "    role: reviewer\n"
+        "    history_visibility: summary\n"
+        "    context: [git_diff, latest_diff]\n"
+        "    repeat:\n"
+        "      back_to: update-docs\n"
+        "      until_review_pass: true\n"
+        "      max_iterations: 2\n"
+    ),
+    "plan-implement-review": (
+        "# Plan a change, implement it with OpenCode, then review the implementation and send\n"
+        "# it back to OpenCode until the reviewer passes it (at most 3 passes through implement\n"
+        "# and review).\n"
+        "workflow: plan-implement-review\n"
+        "description: Plan a change, implement it with OpenCode, review until it passes\n"
+        "roles:\n"
+        "  planner: |\n"
+        "    You plan a code change that another engineer will implement. Do not write the code.\n"
+        "    Read the task, the uncommitted diff and the README, then answer with:\n"
+        "    1. Goal: one or two sentences on what must be true when the work is done.\n"
+        "    2. Files: each file to change or create, what changes in it and why.\n"
+        "    3. Steps: a short numbered list in the order to do them, each small enough to check.\n"
+        "    4. Tests: the tests to add or update, each with the behaviour it proves.\n"
+        "    5. Risks: edge cases, compatibility concerns and anything the task leaves open,\n"
+        "       with the assumption you made for each.\n"
+        "    Keep to what the task asks: no unrelated refactoring, no new dependencies unless the\n"
+        "    task needs them. Follow the conventions the existing code already uses.\n"
+        "  implementer: |\n"
+        "    You implement a planned change directly in the working tree.\n"
+        "    Follow the plan from the previous step. If a reviewer has already listed findings,\n"
+        "    fix every high and medium finding first, then the low ones that are cheap to fix.\n"
+        "    Add or update tests for the behaviour you change and run them. Keep the diff\n"
+        "    focused: no unrelated edits, no reformatting of untouched code, no new dependencies\n"
+        "    unless the plan calls for them. When you finish, reply with a short summary: what\n"
+        "    you changed, which tests you ran and their result, and anything you could not do\n"
+        "    and why.\n"
+        "  reviewer: |\n"
+        "    You review the latest implementation (its diff is in the context) against the task\n"
+        "    and the plan. Check, in order: correctness and edge cases; that the task and the\n"
+        "    plan are fully done; tests that would fail if the change broke; error handling;\n"
+        "    security (injection, secrets, unsafe file or shell use); readability and\n"
+        "    consistency with the surrounding code. Do not restate the diff and do not praise it.\n"
+        "    List each finding on its own line as:\n"
+        "    - [high|medium|low] path:line: the problem, and the fix you suggest\n"
+        "    high: a bug, data loss, a security hole, or a part of the task left undone.\n"
+        "    medium: a missing test, an unhandled edge case, or a likely maintenance problem.\n"
+        "    low: naming, style, wording or small simplifications.\n"
+        '    Write "No findings." when there are none.\n'
+        "    Finish with a last line that is exactly one of these two, with nothing after it:\n"
+        "    Review status: pass\n"
+        "    Review status: revise\n"
+        "    Use pass only when there are no high and no medium findings; otherwise use revise.\n"
+        "models:\n"
+        "  default: openai:gpt-5.4-mini      # roles without an entry (here the implementer)\n"
+        "  planner: openai:gpt-5.5\n"
+        "  reviewer: openai:gpt-5.5\n"
+        "steps:\n"
+        "  - id: plan\n"
+        "    role: planner\n"
+        "    context: [git_diff, file:README.md]\n"
+        "  - id: implement\n"
+        "    role: implementer\n"
+        "    backend: opencode\n"
+        "  - id: review\n"
+        "    role: reviewer\n"
+        "    history_visibility: latest\n"
+        "    context: [latest_diff]\n"
+        "    repeat:\n"
+        "      back_to: implement\n"
+        "      until_review_pass: true\n"
+        "      max_iterations: 3\n"
+    ),
+    "review-existing-diff": (
+        "# Review the uncommitted changes in this repository (staged, unstaged and new files).\n"
+        "# This is the workflow `aethr run` uses when a repository has no .aethr.yaml.\n"
+        "workflow: review-existing-diff\n"
+        "description: Review the uncommitted changes in the working tree\n"
+        "roles:\n"
+        "  reviewer: |\n"
+        "    You review uncommitted changes to a code base before they are committed. The diff\n"
+        "    against HEAD is in the context; new files appear as added in full. Use the task, if\n"
+        "    given, as the intent of the change.\n"
+        "    Check, in order: correctness and edge cases; that the change does what it sets out\n"
+        "    to do; tests that cover it (and would fail if it broke); error handling; security\n"
+        "    (injection, secrets committed by mistake, unsafe file or shell use); readability\n"
+        "    and consistency with the surrounding code; leftovers such as debug prints,\n"
+        "    commented-out code or stray files. Do not restate the diff and do not praise it.\n"
+        "    List each finding on its own line as:\n"
+        "    - [high|medium|low] path:line: the problem, and the fix you suggest\n"
+        "    high: a bug, data loss, a security hole, or a change that cannot work as intended.\n"
+        "    medium: a missing test, an unhandled edge case, or a likely maintenance problem.\n"
+        "    low: naming, style, wording or small simplifications.\n"
+        '    Write "No findings." when there are none. If the diff is empty, say so.\n'
+        "    Finish with a last line that is exactly one of these two, with nothing after it:\n"
+        "    Review status: pass\n"
+        "    Review status: revise\n"
+        "    Use pass only when there are no high and no medium findings; otherwise use revise.\n"
+        "models:\n"
+        "  default: openai:gpt-5.4-mini      # roles without an entry\n"
+        "  reviewer: openai:gpt-5.5\n"
+        "steps:\n"
+        "  - id: review\n"
+        "    role: reviewer\n"
+        "    context: [git_diff]\n"
+    ),
+}
+# END PRESETS
 
 if __name__ == "__main__":
     sys.modules.setdefault("aethr", sys.modules[__name__])

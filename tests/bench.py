@@ -830,7 +830,7 @@ def run(args: argparse.Namespace) -> int:
         )
 
         # 6. Peak RSS of a mock run, installed and as the README's script: both are figures.
-        # Script mode also pays for compiling the file (not section 14: a mock run never
+        # Script mode also pays for compiling the file (not section 13: a mock run never
         # compiles it), which is what keeps it the larger of the two.
         print("Measuring peak RSS ...", file=sys.stderr, flush=True)
         rss_runs = min(runs, 5)  # RSS barely varies; a few runs show that it does not

@@ -2,7 +2,7 @@
 """Keep the PRESETS block at the end of aethr.py equal to presets/*.yaml.
 
 A wheel of a single-module package ships only aethr.py, so the built-in presets are embedded
-in it (section 13). presets/*.yaml are the human-editable sources; this script regenerates the
+in it (section 14). presets/*.yaml are the human-editable sources; this script regenerates the
 block between the marker lines:
 
     python3 tests/presets_sync.py           print the block
@@ -99,7 +99,7 @@ def _split(source: str, path: Path) -> tuple[str, str, str]:
     if len(starts) != 1 or len(ends) != 1 or starts[0] > ends[0]:
         raise SystemExit(
             f"presets_sync: {path}: expected exactly one line {BEGIN!r} followed by one line "
-            f"{END!r}; add them to section 13, then run `make presets`"
+            f"{END!r}; add them to section 14, then run `make presets`"
         )
     i, j = starts[0], ends[0] + 1
     return "".join(lines[:i]), "".join(lines[i:j]), "".join(lines[j:])

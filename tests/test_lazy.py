@@ -1,8 +1,8 @@
-"""Section 14, compiled on first use: which commands compile it, its line numbers in aethr.py
+"""Section 13, compiled on first use: which commands compile it, its line numbers in aethr.py
 (code objects and tracebacks), the boundary (the sections above reach it only through
 `_lazy()`, checked with symtable), ruff on the file as if the string's two quote lines were not
 there, the module `__getattr__` (PEP 562) and one compile under eight racing threads. What
-compiles section 14 is watched in a fresh interpreter each time, since the test process
+compiles section 13 is watched in a fresh interpreter each time, since the test process
 compiles it early on. Script mode (`python3 aethr.py run`, `auth status`, `--help`) is covered by
 test_cli.py and test_env.py, through the run_aethr fixture."""
 
@@ -47,7 +47,7 @@ def _fresh(code: str, cwd: Path) -> tuple[dict, subprocess.CompletedProcess]:
     return out, proc
 
 
-# -- which commands compile section 14 ------------------------------------------------------------
+# -- which commands compile section 13 ------------------------------------------------------------
 
 
 def _case(*argv: str, code: int = 0, workflow: str | None = None, stderr: str = "") -> tuple:
@@ -66,12 +66,16 @@ NOT_COMPILED = [
     _case("run", "review it", workflow="plan-implement-review"),  # its OpenCode step mocked
     _case("run", "--json", "--preset", "plan-implement-review", "review it"),
     _case("run", "--preset", "plan-implement-review", "review it"),  # and the promotion hint
+    _case("run", "--", "review it"),                                 # through argparse
+    _case("--help"),
+    _case("init", "plan-implement-review"),
 ]
 
 COMPILED = [
-    _case("--help"),                                              # argparse is in section 14
     _case("auth", "status"),
-    _case("init", "plan-implement-review"),                       # argparse
+    _case("init", "plan-implement-review", "--model", "openai:gpt-5.5"),  # pin_models
+    _case("run", "--resume-checkpoint", "missing.json", code=2,
+          stderr="checkpoint not found: missing.json"),
     # No key in the environment (isolated_env) and the default preset has no OpenCode step, so
     # the result does not depend on the machine: one problem, exit 2.
     _case("check", "--live", code=2,
@@ -85,8 +89,8 @@ COMPILED = [
                   + " ".join(case[0]) + (f" ({case[2]} as .aethr.yaml)" if case[2] else ""))
      for cases, compiled in ((NOT_COMPILED, False), (COMPILED, True)) for case in cases],
 )
-def test_which_commands_compile_section_14(git_repo, argv, code, workflow, stderr, compiled):
-    """In a fresh interpreter, the command's exit status and whether it compiled section 14;
+def test_which_commands_compile_section_13(git_repo, argv, code, workflow, stderr, compiled):
+    """In a fresh interpreter, the command's exit status and whether it compiled section 13;
     the second group shows that the probe does see a compile."""
     if workflow:
         (git_repo / aethr.WORKFLOW_FILE).write_text(aethr.PRESETS[workflow], encoding="utf-8")
@@ -95,7 +99,8 @@ def test_which_commands_compile_section_14(git_repo, argv, code, workflow, stder
         out["compiled"] = aethr._lazy_done
     """, cwd=git_repo)
     assert out == {"code": code, "compiled": compiled}, proc.stderr
-    assert stderr in proc.stderr
+    if stderr:
+        assert stderr in proc.stderr
 
 
 # -- line numbers ---------------------------------------------------------------------------------
@@ -118,8 +123,8 @@ def _code_lines(value: object) -> set[int]:
     return found
 
 
-def test_section_14_keeps_its_line_numbers():
-    """Each top-level def and class of section 14, live, starts on the line of aethr.py where
+def test_section_13_keeps_its_line_numbers():
+    """Each top-level def and class of section 13, live, starts on the line of aethr.py where
     it stands (a class: its __firstlineno__ from 3.13 on, and its methods' code everywhere)."""
     module = aethr._lazy()
     assert LINES[aethr._LAZY_LINE - 1] == OPEN_QUOTE
@@ -156,7 +161,7 @@ def test_section_14_keeps_its_line_numbers():
                                  f"{_code_lines(vars(obj)[method.name])}")
                 checked += 1
     assert wrong == []
-    assert checked > 50     # the walk did find section 14's functions and methods
+    assert checked > 50     # the walk did find section 13's functions and methods
 
 
 def test_traceback_shows_the_line_in_aethr_py(tmp_path):
@@ -203,7 +208,9 @@ def _defined(table: symtable.SymbolTable) -> set[str]:
 def boundary_problems(source: str, filename: str = "aethr.py") -> list[str]:
     """Where the code of `source` and the code in its `_LAZY = r'''...'''` string meet other
     than through `_lazy()`: a name of the string's code used directly outside it, a global name
-    the string's code uses that is defined nowhere at run time, a name both define."""
+    the string's code uses that is defined nowhere at run time, a name both define, a
+    `_lazy().name` that the string does not define, a `_QUICK` command whose cmd_ function
+    (looked up by name) is not outside it."""
     tree = ast.parse(source, filename)
     (lazy,) = [n.value for n in tree.body if isinstance(n, ast.Assign)
                and [getattr(t, "id", None) for t in n.targets] == ["_LAZY"]]
@@ -225,15 +232,24 @@ def boundary_problems(source: str, filename: str = "aethr.py") -> list[str]:
                  for name, where in _globals_used(outer, 0) if name in lazy_names]
     problems += [f"{name!r} used in _LAZY at {where} is defined nowhere at run time"
                  for name, where in _globals_used(inner, lazy.lineno - 1) if name not in known]
+    problems += [f"_lazy().{node.attr} at line {node.lineno}: _LAZY does not define it"
+                 for node in ast.walk(tree) if isinstance(node, ast.Attribute)
+                 and isinstance(node.value, ast.Call) and getattr(node.value.func, "id", None)
+                 == "_lazy" and node.attr not in lazy_names]
+    quick = [n.value for n in tree.body if isinstance(n, ast.Assign)
+             and [getattr(t, "id", None) for t in n.targets] == ["_QUICK"]]
+    problems += [f"_QUICK's {key.value!r} needs cmd_{key.value} outside _LAZY"
+                 for table in quick for key in table.keys
+                 if f"cmd_{key.value}" not in _defined(outer)]
     return problems
 
 
-def test_sections_above_reach_section_14_only_through_lazy():
+def test_sections_above_reach_section_13_only_through_lazy():
     assert boundary_problems(SOURCE) == []
 
 
-def test_section_14_annotations_are_not_evaluated():
-    """What boundary_problems assumes: compiled by _lazy(), section 14 has aethr.py's
+def test_section_13_annotations_are_not_evaluated():
+    """What boundary_problems assumes: compiled by _lazy(), section 13 has aethr.py's
     `from __future__ import annotations` (else a TYPE_CHECKING name in one would be a NameError)."""
     assert aethr._lazy().mask.__annotations__ == {"value": "str", "return": "str"}
 
@@ -268,6 +284,12 @@ def test_boundary_check_finds_each_kind_of_crossing():
         def core():
             pass
         """
+        print(_lazy().helper, _lazy().nothing)
+        _QUICK = {"run": (), "auth": ()}
+
+
+        def cmd_run():
+            pass
         ''')
     assert boundary_problems(source) == [
         "'core' is defined both in and outside _LAZY",
@@ -276,6 +298,8 @@ def test_boundary_check_finds_each_kind_of_crossing():
         "'LIMIT' of _LAZY is used directly at class Core (line 12): use _lazy().LIMIT",
         "'re' used in _LAZY at function helper (line 21) is defined nowhere at run time",
         "'missing' used in _LAZY at function helper (line 21) is defined nowhere at run time",
+        "_lazy().nothing at line 28: _LAZY does not define it",
+        "_QUICK's 'auth' needs cmd_auth outside _LAZY",
     ]
 
 
@@ -283,7 +307,7 @@ def test_boundary_check_finds_each_kind_of_crossing():
 
 
 def _unwrapped() -> str:
-    """aethr.py with section 14 as ordinary module code, on the same lines: `_LAZY = r'''`
+    """aethr.py with section 13 as ordinary module code, on the same lines: `_LAZY = r'''`
     becomes `_LAZY = ""`, the closing quotes an empty line."""
     lines = list(LINES)
     start = lines.index(OPEN_QUOTE)
@@ -300,14 +324,14 @@ def _ruff(text: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, encoding="utf-8", timeout=60)
 
 
-def test_ruff_passes_with_section_14_unwrapped():
+def test_ruff_passes_with_section_13_unwrapped():
     text = _unwrapped()
     compile(text, str(AETHR_PY), "exec")
     proc = _ruff(text)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    # Control: ruff does read section 14 there, on its own lines.
+    # Control: ruff does read section 13 there, on its own lines.
     lines = text.split("\n")
-    lines[aethr._LAZY_LINE] = "undefined_in_section_14()"
+    lines[aethr._LAZY_LINE] = "undefined_in_section_13()"
     proc = _ruff("\n".join(lines))
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert f"aethr.py:{aethr._LAZY_LINE + 1}:1: F821 " in proc.stdout, proc.stdout
@@ -320,7 +344,8 @@ def test_module_getattr(tmp_path):
     out, _ = _fresh("""
         out["__path__"] = hasattr(aethr, "__path__")
         out["__wrapped__"] = getattr(aethr, "__wrapped__", None)
-        out["compiled by dunders"] = aethr._lazy_done
+        out["_fields"] = hasattr(aethr, "_fields")      # what pydoc asks
+        out["compiled by probes"] = aethr._lazy_done
         from aethr import OpenAIProvider
         out["compiled by import"] = aethr._lazy_done
         out["same class"] = OpenAIProvider is aethr.OpenAIProvider is aethr.PROVIDERS["openai"]
@@ -329,12 +354,32 @@ def test_module_getattr(tmp_path):
         except AttributeError as exc:
             out["error"] = str(exc)
     """, cwd=tmp_path)
-    assert out == {"__path__": False, "__wrapped__": None, "compiled by dunders": False,
+    assert out == {"__path__": False, "__wrapped__": None, "_fields": False,
+                   "compiled by probes": False,
                    "compiled by import": True, "same class": True,
                    "error": "module 'aethr' has no attribute 'no_such_name'"}
 
 
-def test_threads_compile_section_14_once(tmp_path):
+def test_a_copy_loaded_under_another_name_compiles_into_itself(git_repo):
+    """A copy of aethr.py loaded under another name and never registered in sys.modules (a
+    plugin loader, runpy.run_path) compiles section 13 into its own globals and uses it."""
+    out, proc = _fresh(f"""
+        import importlib.util
+        spec = importlib.util.spec_from_file_location("aethr_copy", {str(AETHR_PY)!r})
+        copy = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(copy)
+        out["registered"] = "aethr_copy" in sys.modules
+        out["code"] = copy.main(["auth", "status"])
+        out["compiled"] = [copy._lazy_done, aethr._lazy_done]
+        out["own class"] = copy.OpenAIProvider is copy.PROVIDERS["openai"] \\
+            and copy.ProviderError.__mro__[1] is copy.AethrError
+    """, cwd=git_repo)
+    assert out == {"registered": False, "code": 0, "compiled": [True, False],
+                   "own class": True}, proc.stderr
+    assert "OPENAI_API_KEY" in proc.stdout
+
+
+def test_threads_compile_section_13_once(tmp_path):
     """Eight threads call _lazy() at once: one exec, and all get the module.
 
     The exec that _lazy() calls is replaced (a module global shadows the builtin) by one that
@@ -366,7 +411,8 @@ def test_threads_compile_section_14_once(tmp_path):
         for thread in threads:
             thread.join(30)
         out["exec calls"] = calls
-        out["got the module"] = [module is aethr for module in got]
+        out["got the module"] = [module.OpenAIProvider is aethr.OpenAIProvider
+                                 for module in got]
         out["compiled"] = aethr._lazy_done and "OpenAIProvider" in vars(aethr)
     """, cwd=tmp_path)
     assert out == {"exec calls": [True], "got the module": [True] * 8, "compiled": True}
