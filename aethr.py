@@ -19,9 +19,9 @@ _lazy(), and may read section 14 data at call time:
   2. Errors                       9. Backends (model, OpenCode) and artifacts
   3. Terminal output             10. Runner (steps, loops, events)
   4. YAML-subset parser          11. Environment (booleans, secrets)
-  5. Workflow: load and validate 12. Commands and CLI (argparse, main)
+  5. Workflow: load and validate 12. Commands and CLI (main)
   6. Context sources             13. Compiled on first use: live runs, auth,
-  7. Prompts                         resume
+  7. Prompts                         resume, argparse
                                  14. Built-in data (presets)
 """
 from __future__ import annotations
@@ -2953,139 +2953,6 @@ class _Exit(Exception):
         self.status = status
 
 
-def _parser_class() -> type:
-    """argparse, subclassed to write through a Term and never call sys.exit.
-
-    Built on first use: `aethr version` and `init --list` must not import argparse.
-    """
-    global _ARGPARSER
-    if _ARGPARSER is not None:
-        return _ARGPARSER
-    import argparse
-
-    def width() -> int:
-        # argparse would ask shutil (which imports bz2, lzma and zlib) on every parser.
-        try:
-            return int(os.environ["COLUMNS"]) - 2
-        except (KeyError, ValueError):
-            pass
-        try:
-            return os.get_terminal_size(sys.__stdout__.fileno()).columns - 2
-        except (AttributeError, OSError, ValueError):
-            return 78
-
-    class _Help(argparse.HelpFormatter):
-        def __init__(self, prog: str, **kw: Any) -> None:
-            super().__init__(prog, **dict(kw, width=kw.get("width") or width()))
-
-    class _RawHelp(_Help, argparse.RawDescriptionHelpFormatter):
-        pass
-
-    class _ArgParser(argparse.ArgumentParser):
-        """argparse that writes through a Term and never calls sys.exit."""
-
-        def __init__(self, *args: Any, term: Term | None = None, **kw: Any) -> None:
-            kw.setdefault("allow_abbrev", False)    # run x --show must not mean --show-prompt
-            kw.setdefault("formatter_class", _Help)
-            self.term = term or Term()
-            try:    # Python 3.14+ colours help and errors: same decision as ours (SPEC §9)
-                super().__init__(*args, color=self.term.color(self.term.err), **kw)
-            except TypeError:
-                super().__init__(*args, **kw)
-
-        def _print_message(self, message: str, file: Any = None) -> None:
-            if message:
-                stream = self.term.err if file is sys.stderr else self.term.out
-                stream.write(message)
-                stream.flush()
-
-        def exit(self, status: int = 0, message: str | None = None) -> None:  # type: ignore
-            if message:
-                self._print_message(message, sys.stderr)
-            raise _Exit(status)
-
-    _ArgParser.raw_help = _RawHelp     # the top parser's epilog keeps its line breaks
-    _ARGPARSER = _ArgParser
-    return _ArgParser
-
-
-_ARGPARSER: type | None = None
-
-
-def build_parser(term: Term | None = None) -> tuple[Any, dict[str, Any]]:
-    """The top-level parser and one parser per command."""
-    _ArgParser = _parser_class()
-    common = _ArgParser(add_help=False, term=term)
-    common.add_argument("--no-color", action="store_true", help="no colour in the output")
-    top = _ArgParser(prog="aethr", parents=[common], term=term,
-                     formatter_class=_ArgParser.raw_help,
-                     description="Run explicit AI coding workflows: plan, implement, review, "
-                     "iterate.",
-                     epilog="Mock mode (the default) calls no model.\n"
-                     "Examples:\n  aethr run \"review my current changes\"\n"
-                     "  aethr init plan-implement-review\n  aethr check\n"
-                     "Run 'aethr COMMAND --help' for a command's options.")
-    top.add_argument("--version", action="version", version=f"aethr {__version__}")
-    sub = top.add_subparsers(dest="command", metavar="COMMAND", parser_class=_ArgParser)
-    subs: dict[str, _ArgParser] = {}
-
-    def add(name: str, helptext: str, func: Callable, description: str = "") -> _ArgParser:
-        p = sub.add_parser(name, parents=[common], help=helptext, term=term,
-                           description=description or helptext)
-        p.set_defaults(func=func)
-        subs[name] = p
-        return p
-
-    def add_workflow_options(p: _ArgParser, verb: str) -> None:
-        group = p.add_mutually_exclusive_group()
-        group.add_argument("--workflow", metavar="FILE", help=f"the workflow file to {verb}")
-        group.add_argument("--preset", metavar="NAME", help=f"{verb} a built-in preset")
-
-    model_help = ("MODEL (provider:model) for every role, or ROLE=MODEL for one role; "
-                  "repeatable")
-    p = add("init", "write .aethr.yaml from a preset", cmd_init,
-            "Write .aethr.yaml in the current directory from a built-in preset.")
-    p.add_argument("preset", nargs="?", metavar="PRESET", help="the preset to start from")
-    p.add_argument("--list", action="store_true", help="list the presets and exit")
-    p.add_argument("--force", action="store_true", help="overwrite an existing .aethr.yaml")
-    p.add_argument("--model", action="append", default=[], metavar="MODEL", help=model_help)
-
-    p = add("run", "run the workflow on a task", cmd_run,
-            "Run the workflow on a task. Options may come anywhere; '--' ends them. "
-            "'-' reads the task from standard input; no task opens $AETHR_EDITOR, $VISUAL "
-            "or $EDITOR.")
-    p.add_argument("task", nargs="*", metavar="TASK", help="the task, as words")
-    p.add_argument("--show-prompt", action="store_true",
-                   help="print every step's prompt as it would be sent; call nothing")
-    p.add_argument("--live", action="store_true", help="call the real models (live mode)")
-    add_workflow_options(p, "run")
-    p.add_argument("--model", action="append", default=[], metavar="MODEL", help=model_help)
-    p.add_argument("--json", action="store_true",
-                   help="one JSON event per line on stdout (run_start … run_end)")
-    p.add_argument("--verbose", action="store_true", help="diagnostics on stderr")
-    p.add_argument("--resume-checkpoint", metavar="FILE",
-                   help="continue a failed or interrupted run from its checkpoint")
-    p.add_argument("--force", action="store_true",
-                   help="with --resume-checkpoint: accept a workflow that changed since")
-
-    p = add("check", "validate the workflow and summarise it", cmd_check)
-    add_workflow_options(p, "check")
-    p.add_argument("--live", action="store_true",
-                   help="also check what live mode needs: models, keys, binaries")
-
-    p = add("auth", "manage provider keys in the project's .env", cmd_auth,
-            "Manage provider keys in the project's .env (mode 0600).")
-    p.add_argument("action", choices=("login", "status", "logout"), metavar="ACTION",
-                   help="login PROVIDER, status, or logout PROVIDER")
-    p.add_argument("provider", nargs="?", metavar="PROVIDER",
-                   help="openai, anthropic, gemini (or google), openrouter or xai")
-    p.add_argument("--key-stdin", action="store_true",
-                   help="login: read the key from standard input instead of a prompt")
-
-    add("version", "print the version", cmd_version)
-    return top, subs
-
-
 #: What the fast path knows of `run` and `check`: their options by kind ("flag", "value",
 #: "append") and their positional ("*": any number of words, or None). build_parser is the
 #: definition; a test holds this table to it.
@@ -3157,7 +3024,7 @@ def _parse_args(argv: list[str], term: Term) -> argparse.Namespace:
     quick = _quick_args(argv)
     if quick is not None:
         return quick
-    top, subs = build_parser(term)
+    top, subs = _lazy().build_parser(term)
     i = 0
     while i < len(argv) and argv[i] == "--no-color":
         i += 1
@@ -3438,42 +3305,6 @@ def _list_presets(stream: Any) -> None:
     stream.flush()
 
 
-def cmd_init(args: argparse.Namespace, term: Term) -> int:
-    """aethr init: write .aethr.yaml from a preset."""
-    if args.list:
-        _list_presets(term.out)
-        return 0
-    if not args.preset:
-        term.status("presets:")
-        _list_presets(term.err)
-        raise UsageError("no preset given", hint="pick one: aethr init NAME, for example "
-                         "aethr init plan-implement-review")
-    if args.preset not in PRESETS:
-        raise UsageError(f"unknown preset {args.preset!r}",
-                         hint=_did_you_mean(args.preset, PRESETS) or "aethr init --list shows "
-                         "the presets")
-    target = WORKFLOW_FILE
-    if os.path.isdir(target):
-        raise UsageError(f"{target} is a directory; nothing was written")
-    if os.path.lexists(target) and not args.force:
-        raise UsageError(f"{target} already exists; it was left as it is",
-                         hint="use --force to overwrite it")
-    text = PRESETS[args.preset]
-    overrides = _model_flags(args.model)
-    if overrides:
-        _check_overrides(overrides, load_workflow(preset=args.preset), {})
-        text = _lazy().pin_models(text, overrides)
-        load_workflow(WORKFLOW_FILE, text=text)
-    try:
-        with open(target, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-    except OSError as exc:
-        raise UsageError(f"cannot write {target}: {exc.strerror or exc}") from None
-    term.status(f"aethr: wrote {target} from preset {args.preset}")
-    term.status('aethr: next: aethr check, then aethr run "your task" (mock mode calls no model)')
-    return 0
-
-
 def _check_summary(workflow: Workflow, project: Project, live: bool) -> list[str]:
     rows = []
     for step in workflow.steps:
@@ -3511,17 +3342,6 @@ def cmd_check(args: argparse.Namespace, term: Term) -> int:
     for line in _check_summary(workflow, project, live):
         term.write(line + "\n")
     term.status(f"aethr: {workflow.source} is valid")
-    return 0
-
-
-def cmd_auth(args: argparse.Namespace, term: Term) -> int:
-    """aethr auth login|status|logout: provider keys in the project's .env (SPEC §11)."""
-    return _lazy()._auth(args, term)
-
-
-def cmd_version(args: argparse.Namespace, term: Term) -> int:
-    """aethr version: `aethr X.Y.Z`."""
-    term.write(f"aethr {__version__}\n")
     return 0
 
 
@@ -3591,19 +3411,21 @@ def main(argv: list[str] | None = None, term: Term | None = None) -> int:
         return 70
 
 
-# == 13. Compiled on first use: live runs, auth, resume =======================
-# The code that `version`, `init --list`, `check`, `--help`, `run --show-prompt` and a
-# mock run that succeeds never need: the HTTP client and the live providers, OpenCode's
-# live run, checkpoints and resume, `auth`, the task editor and `init --model`. Run as a
-# script, Python compiles the whole file before it runs a line, and compile time grows
-# with the code's tokens: with this third of them compiled as well, `python3 aethr.py
-# version` took 6.6x `python3 -c pass` (SPEC §12: at most 5x). As source text it costs
-# next to nothing until `_lazy()` (section 1) compiles it, once, into this module's
-# globals: a lazy import of our own code. Otherwise it is ordinary code (but no `'''`
-# in it). It keeps its line numbers in this file, for tracebacks and debuggers, and
-# tests/test_lazy.py lints it with ruff as if the quotes were not there and checks that
-# the other sections reach it only as `_lazy().name`. Compiling it takes 15-30 ms, once
-# per process, in the commands that need it.
+# == 13. Compiled on first use: live runs, auth, resume, argparse =============
+# The code that `version`, `init --list`, `check`, `run --show-prompt` and a
+# mock run that succeeds never need: the HTTP client and the live providers,
+# OpenCode's live run, checkpoints and resume, `auth`, the task editor,
+# `init --model`, and argparse (help, usage errors, `init NAME`, `run -- ...`).
+# Run as a script, Python compiles the whole file before it runs a line, and
+# compile time grows with the code's tokens: with this third of them compiled
+# as well, `python3 aethr.py version` took 6.6x `python3 -c pass` (SPEC §12: at
+# most 5x). As source text it costs next to nothing until `_lazy()` (section 1)
+# compiles it, once, into this module's globals: a lazy import of our own code.
+# Otherwise it is ordinary code (but no `'''` in it). It keeps its line numbers
+# in this file, for tracebacks and debuggers, and tests/test_lazy.py lints it
+# with ruff as if the quotes were not there and checks that the other sections
+# reach it only as `_lazy().name`. Compiling it takes 15-30 ms, once per
+# process, in the commands that need it.
 
 #: The line of this file on which `_LAZY = r'''` stands: compiled, its code keeps its lines.
 _LAZY_LINE = sys._getframe().f_lineno + 1
@@ -5212,7 +5034,183 @@ def write_dotenv_var(path: str, name: str, value: str | None) -> bool:
     return True
 
 
-# Section 12's: auth, live preflight, the task editor, checkpoints, resume, init --model.
+# Section 12's: argparse, auth, live preflight, the task editor, checkpoints, resume,
+# init --model.
+
+
+def _parser_class() -> type:
+    """argparse, subclassed to write through a Term and never call sys.exit.
+
+    Built on first use: `aethr version` and `init --list` must not import argparse.
+    """
+    global _ARGPARSER
+    if _ARGPARSER is not None:
+        return _ARGPARSER
+    import argparse
+
+    def width() -> int:
+        # argparse would ask shutil (which imports bz2, lzma and zlib) on every parser.
+        try:
+            return int(os.environ["COLUMNS"]) - 2
+        except (KeyError, ValueError):
+            pass
+        try:
+            return os.get_terminal_size(sys.__stdout__.fileno()).columns - 2
+        except (AttributeError, OSError, ValueError):
+            return 78
+
+    class _Help(argparse.HelpFormatter):
+        def __init__(self, prog: str, **kw: Any) -> None:
+            super().__init__(prog, **dict(kw, width=kw.get("width") or width()))
+
+    class _RawHelp(_Help, argparse.RawDescriptionHelpFormatter):
+        pass
+
+    class _ArgParser(argparse.ArgumentParser):
+        """argparse that writes through a Term and never calls sys.exit."""
+
+        def __init__(self, *args: Any, term: Term | None = None, **kw: Any) -> None:
+            kw.setdefault("allow_abbrev", False)    # run x --show must not mean --show-prompt
+            kw.setdefault("formatter_class", _Help)
+            self.term = term or Term()
+            try:    # Python 3.14+ colours help and errors: same decision as ours (SPEC §9)
+                super().__init__(*args, color=self.term.color(self.term.err), **kw)
+            except TypeError:
+                super().__init__(*args, **kw)
+
+        def _print_message(self, message: str, file: Any = None) -> None:
+            if message:
+                stream = self.term.err if file is sys.stderr else self.term.out
+                stream.write(message)
+                stream.flush()
+
+        def exit(self, status: int = 0, message: str | None = None) -> None:  # type: ignore
+            if message:
+                self._print_message(message, sys.stderr)
+            raise _Exit(status)
+
+    _ArgParser.raw_help = _RawHelp     # the top parser's epilog keeps its line breaks
+    _ARGPARSER = _ArgParser
+    return _ArgParser
+
+
+_ARGPARSER: type | None = None
+
+
+def build_parser(term: Term | None = None) -> tuple[Any, dict[str, Any]]:
+    """The top-level parser and one parser per command."""
+    _ArgParser = _parser_class()
+    common = _ArgParser(add_help=False, term=term)
+    common.add_argument("--no-color", action="store_true", help="no colour in the output")
+    top = _ArgParser(prog="aethr", parents=[common], term=term,
+                     formatter_class=_ArgParser.raw_help,
+                     description="Run explicit AI coding workflows: plan, implement, review, "
+                     "iterate.",
+                     epilog="Mock mode (the default) calls no model.\n"
+                     "Examples:\n  aethr run \"review my current changes\"\n"
+                     "  aethr init plan-implement-review\n  aethr check\n"
+                     "Run 'aethr COMMAND --help' for a command's options.")
+    top.add_argument("--version", action="version", version=f"aethr {__version__}")
+    sub = top.add_subparsers(dest="command", metavar="COMMAND", parser_class=_ArgParser)
+    subs: dict[str, _ArgParser] = {}
+
+    def add(name: str, helptext: str, func: Callable, description: str = "") -> _ArgParser:
+        p = sub.add_parser(name, parents=[common], help=helptext, term=term,
+                           description=description or helptext)
+        p.set_defaults(func=func)
+        subs[name] = p
+        return p
+
+    def add_workflow_options(p: _ArgParser, verb: str) -> None:
+        group = p.add_mutually_exclusive_group()
+        group.add_argument("--workflow", metavar="FILE", help=f"the workflow file to {verb}")
+        group.add_argument("--preset", metavar="NAME", help=f"{verb} a built-in preset")
+
+    model_help = ("MODEL (provider:model) for every role, or ROLE=MODEL for one role; "
+                  "repeatable")
+    p = add("init", "write .aethr.yaml from a preset", cmd_init,
+            "Write .aethr.yaml in the current directory from a built-in preset.")
+    p.add_argument("preset", nargs="?", metavar="PRESET", help="the preset to start from")
+    p.add_argument("--list", action="store_true", help="list the presets and exit")
+    p.add_argument("--force", action="store_true", help="overwrite an existing .aethr.yaml")
+    p.add_argument("--model", action="append", default=[], metavar="MODEL", help=model_help)
+
+    p = add("run", "run the workflow on a task", cmd_run,
+            "Run the workflow on a task. Options may come anywhere; '--' ends them. "
+            "'-' reads the task from standard input; no task opens $AETHR_EDITOR, $VISUAL "
+            "or $EDITOR.")
+    p.add_argument("task", nargs="*", metavar="TASK", help="the task, as words")
+    p.add_argument("--show-prompt", action="store_true",
+                   help="print every step's prompt as it would be sent; call nothing")
+    p.add_argument("--live", action="store_true", help="call the real models (live mode)")
+    add_workflow_options(p, "run")
+    p.add_argument("--model", action="append", default=[], metavar="MODEL", help=model_help)
+    p.add_argument("--json", action="store_true",
+                   help="one JSON event per line on stdout (run_start … run_end)")
+    p.add_argument("--verbose", action="store_true", help="diagnostics on stderr")
+    p.add_argument("--resume-checkpoint", metavar="FILE",
+                   help="continue a failed or interrupted run from its checkpoint")
+    p.add_argument("--force", action="store_true",
+                   help="with --resume-checkpoint: accept a workflow that changed since")
+
+    p = add("check", "validate the workflow and summarise it", cmd_check)
+    add_workflow_options(p, "check")
+    p.add_argument("--live", action="store_true",
+                   help="also check what live mode needs: models, keys, binaries")
+
+    p = add("auth", "manage provider keys in the project's .env", cmd_auth,
+            "Manage provider keys in the project's .env (mode 0600).")
+    p.add_argument("action", choices=("login", "status", "logout"), metavar="ACTION",
+                   help="login PROVIDER, status, or logout PROVIDER")
+    p.add_argument("provider", nargs="?", metavar="PROVIDER",
+                   help="openai, anthropic, gemini (or google), openrouter or xai")
+    p.add_argument("--key-stdin", action="store_true",
+                   help="login: read the key from standard input instead of a prompt")
+
+    add("version", "print the version", cmd_version)
+    return top, subs
+
+
+def cmd_init(args: argparse.Namespace, term: Term) -> int:
+    """aethr init: write .aethr.yaml from a preset."""
+    if args.list:
+        _list_presets(term.out)
+        return 0
+    if not args.preset:
+        term.status("presets:")
+        _list_presets(term.err)
+        raise UsageError("no preset given", hint="pick one: aethr init NAME, for example "
+                         "aethr init plan-implement-review")
+    if args.preset not in PRESETS:
+        raise UsageError(f"unknown preset {args.preset!r}",
+                         hint=_did_you_mean(args.preset, PRESETS) or "aethr init --list shows "
+                         "the presets")
+    target = WORKFLOW_FILE
+    if os.path.isdir(target):
+        raise UsageError(f"{target} is a directory; nothing was written")
+    if os.path.lexists(target) and not args.force:
+        raise UsageError(f"{target} already exists; it was left as it is",
+                         hint="use --force to overwrite it")
+    text = PRESETS[args.preset]
+    overrides = _model_flags(args.model)
+    if overrides:
+        _check_overrides(overrides, load_workflow(preset=args.preset), {})
+        text = _lazy().pin_models(text, overrides)
+        load_workflow(WORKFLOW_FILE, text=text)
+    try:
+        with open(target, "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+    except OSError as exc:
+        raise UsageError(f"cannot write {target}: {exc.strerror or exc}") from None
+    term.status(f"aethr: wrote {target} from preset {args.preset}")
+    term.status('aethr: next: aethr check, then aethr run "your task" (mock mode calls no model)')
+    return 0
+
+
+def cmd_version(args: argparse.Namespace, term: Term) -> int:
+    """aethr version: `aethr X.Y.Z`."""
+    term.write(f"aethr {__version__}\n")
+    return 0
 
 
 def _live_problems(workflow: Workflow, project: Project, overrides: dict[str, str],
@@ -5443,8 +5441,8 @@ def _read_key(args: argparse.Namespace, term: Term, var: str) -> str:
     return key
 
 
-def _auth(args: argparse.Namespace, term: Term) -> int:
-    """cmd_auth's work (section 12)."""
+def cmd_auth(args: argparse.Namespace, term: Term) -> int:
+    """aethr auth login|status|logout: provider keys in the project's .env (SPEC §11)."""
     project, _ = _open_project(args, term)
     path = os.path.join(project.root, ".env")
     env = project.environ

@@ -66,12 +66,12 @@ NOT_COMPILED = [
     _case("run", "review it", workflow="plan-implement-review"),  # its OpenCode step mocked
     _case("run", "--json", "--preset", "plan-implement-review", "review it"),
     _case("run", "--preset", "plan-implement-review", "review it"),  # and the promotion hint
-    _case("run", "--", "review it"),                                 # through argparse
-    _case("--help"),
-    _case("init", "plan-implement-review"),
 ]
 
 COMPILED = [
+    _case("--help"),                                              # argparse is in section 13
+    _case("run", "--", "review it"),                              # through argparse
+    _case("init", "plan-implement-review"),                       # argparse
     _case("auth", "status"),
     _case("init", "plan-implement-review", "--model", "openai:gpt-5.5"),  # pin_models
     _case("run", "--resume-checkpoint", "missing.json", code=2,
