@@ -114,8 +114,8 @@ def _lazy() -> Any:
 def __getattr__(name: str) -> Any:
     """`aethr.OpenAIProvider` and every other name of section 13 (PEP 562)."""
     # A dunder or a probe (pydoc asks for _fields) is no reason to compile it.
-    if not name.startswith("__") and any(f"\n{kw}{name}" in _LAZY for kw in ("", "def ",
-                                                                           "class ")):
+    defines = ("\n" + name, "\ndef " + name, "\nclass " + name)
+    if not name.startswith("__") and any(d in _LAZY for d in defines):
         _lazy()
         if name in globals():
             return globals()[name]
