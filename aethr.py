@@ -5195,7 +5195,7 @@ def cmd_init(args: argparse.Namespace, term: Term) -> int:
     overrides = _model_flags(args.model)
     if overrides:
         _check_overrides(overrides, load_workflow(preset=args.preset), {})
-        text = _lazy().pin_models(text, overrides)
+        text = pin_models(text, overrides)
         load_workflow(WORKFLOW_FILE, text=text)
     try:
         with open(target, "w", encoding="utf-8", newline="\n") as f:
