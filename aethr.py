@@ -105,7 +105,9 @@ def _lazy() -> Any:
     if not _lazy_done:
         with _LAZY_LOCK:    # threads of an API user must not define its classes twice
             if not _lazy_done:
-                code = compile("\n" * (_LAZY_LINE - 1) + _LAZY, __file__, "exec")
+                # This file's name as Python knows it: also "<stdin>" for `python3 - < aethr.py`.
+                code = compile("\n" * (_LAZY_LINE - 1) + _LAZY, _lazy.__code__.co_filename,
+                               "exec")
                 exec(code, globals())
                 _lazy_done = True
     return _Globals()

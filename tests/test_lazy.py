@@ -379,6 +379,19 @@ def test_a_copy_loaded_under_another_name_compiles_into_itself(git_repo):
     assert "OPENAI_API_KEY" in proc.stdout
 
 
+def test_source_run_without_a_file_name(git_repo):
+    """aethr.py's text exec'd in a bare namespace (no __file__, nothing in sys.modules), as a
+    vendoring script may do: section 13 compiles under the name that text was compiled with."""
+    out, proc = _fresh(f"""
+        namespace = {{"__name__": "aethr_text"}}
+        with open({str(AETHR_PY)!r}, encoding="utf-8") as f:
+            exec(compile(f.read(), "<aethr text>", "exec"), namespace)
+        out["code"] = namespace["main"](["auth", "status"])
+        out["compiled as"] = namespace["_lazy"]().cmd_auth.__code__.co_filename
+    """, cwd=git_repo)
+    assert out == {"code": 0, "compiled as": "<aethr text>"}, proc.stderr
+
+
 def test_threads_compile_section_13_once(tmp_path):
     """Eight threads call _lazy() at once: one exec, and all get the module.
 
