@@ -2408,7 +2408,7 @@ def review_status(text: str) -> str | None:
     return found[-1].lower() if found else None
 
 
-# == 8. Providers (mock; the live ones are in section 13) =====================
+# == 8. Providers (mock; live ones in 13) =====================================
 
 
 class Provider:
